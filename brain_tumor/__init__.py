@@ -1,0 +1,1 @@
+"""Brain-tumor detection pipeline."""

@@ -1,0 +1,251 @@
+"""The `brain-tumor` command line: one subcommand per pipeline step.
+
+Settings are loaded here, once, and passed down. Results are printed for people; ``--json``
+prints them for programs (Airflow tasks read that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from brain_tumor.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("brain_tumor.cli")
+
+EPILOG = """Settings come from BRAIN_TUMOR_* environment variables and an optional TOML file
+(--config or BRAIN_TUMOR_CONFIG); `brain-tumor settings` shows them all.
+Typical first run:  brain-tumor storage up && brain-tumor synth /tmp/export1 &&
+brain-tumor upload /tmp/export1 && brain-tumor ingest --new && brain-tumor split"""
+
+
+def _store(settings: Settings):  # noqa: ANN202
+    from brain_tumor.storage import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    store.ensure_bucket()
+    return store
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+# --- commands ---
+def cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor import embedded_s3
+
+    server = embedded_s3.from_settings(settings)
+    if args.action == "up":
+        server.start()
+    elif args.action == "down":
+        if not server.stop():
+            print("embedded S3 was not running")
+            return 0
+    state = {"running": server.running(), "pid": server.pid(), "endpoint": server.endpoint,
+             "data_dir": str(server.data_dir), "log": str(server.log_file),
+             "bucket": settings.s3_bucket}
+    _emit(args, state, "\n".join(f"{k:9} {v}" for k, v in state.items()))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.synth import SynthSpec, make_archive, make_export
+
+    spec = SynthSpec(patients=args.patients, slices=args.slices, size=args.size, seed=args.seed,
+                     tumor_free_patients=args.tumor_free, bad=tuple(args.bad),
+                     first_patient=args.first_patient)
+    out = Path(args.out)
+    report = make_export(out, spec)
+    archive = make_archive(out, Path(args.archive)) if args.archive else None
+    data = {"root": str(report.root), "patients": len(report.patients), "slices": report.slices,
+            "tumor_slices": report.tumor_slices, "bad_files": report.bad_files,
+            "archive": str(archive) if archive else None}
+    _emit(args, data, f"wrote {len(report.patients)} patients, {report.slices} slices "
+                      f"({report.tumor_slices} with tumor), {len(report.bad_files)} bad files "
+                      f"to {out}" + (f"; archive {archive}" if archive else ""))
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.exports import upload_export
+
+    export_id = upload_export(_store(settings), settings, Path(args.path), args.export_id,
+                              progress=not args.json)
+    _emit(args, {"export_id": export_id}, f"uploaded export {export_id}")
+    return 0
+
+
+def cmd_exports(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.datasets import DatasetStore
+    from brain_tumor.exports import list_exports
+
+    store = _store(settings)
+    ledger = DatasetStore(store, settings).ledger()
+    rows = [{"export_id": e, "dataset_version": ledger.get(e, {}).get("dataset_version")}
+            for e in list_exports(store, settings)]
+    if args.new:
+        rows = [r for r in rows if r["dataset_version"] is None]
+    text = "\n".join(f"{r['export_id']:30} {r['dataset_version'] or 'NEW'}" for r in rows)
+    _emit(args, rows, text or "no exports")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.datasets import DatasetStore
+    from brain_tumor.exports import list_exports
+    from brain_tumor.ingest import ingest_export
+
+    store = _store(settings)
+    ids = list(args.export_ids)
+    if args.new:
+        done = DatasetStore(store, settings).ledger()
+        ids += [e for e in list_exports(store, settings) if e not in done and e not in ids]
+    if not ids:
+        _emit(args, [], "no new exports to ingest")
+        return 0
+    results = []
+    for export_id in ids:
+        res = ingest_export(store, settings, export_id, progress=not args.json)
+        results.append({"export_id": res.export_id, "dataset_version": res.dataset_version,
+                        "parent": res.parent, "already_ingested": res.already_ingested,
+                        **res.counts})
+        if not args.json:
+            state = "already ingested in" if res.already_ingested else "->"
+            print(f"{export_id} {state} {res.dataset_version}: " +
+                  ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+            for r in res.quarantine.itertuples():
+                print(f"  quarantined {r.path}: {r.reason} ({r.detail})")
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.datasets import DatasetStore
+    from brain_tumor.split import SplitConfig, assign_split, split_counts
+
+    datasets = DatasetStore(_store(settings), settings)
+    version = datasets.resolve(args.dataset_version)
+    config = SplitConfig(train=settings.split_train, val=settings.split_val,
+                         test=settings.split_test, seed=settings.split_seed,
+                         min_tumor_slices=settings.split_min_tumor_slices)
+    split = assign_split(datasets.manifest(version), config, datasets.previous_split(version))
+    written = datasets.write_split(version, split)
+    counts = split_counts(split)
+    data = {"dataset_version": version, "written": written,
+            "splits": counts.reset_index(names="split").to_dict(orient="records")}
+    _emit(args, data, f"dataset {version}: split {'written' if written else 'unchanged'}\n"
+                      + counts.to_string())
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.datasets import DatasetStore
+
+    datasets = DatasetStore(_store(settings), settings)
+    version = datasets.resolve(args.version)
+    record = datasets.record(version)
+    text = f"dataset {version} (parent {record['parent']}, exports {', '.join(record['exports'])})" \
+           + "".join(f"\n  {k:13} {v}" for k, v in record["counts"].items())
+    _emit(args, record, text)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    data = settings.public_dict()
+    _emit(args, data, "\n".join(f"BRAIN_TUMOR_{k.upper():26} {v}" for k, v in data.items()))
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.schemas import describe_markdown
+
+    print(describe_markdown())
+    return 0
+
+
+# --- parser ---
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every subcommand explains itself with --help)."""
+    parser = argparse.ArgumentParser(
+        prog="brain-tumor", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Brain-MRI tumor detection pipeline: object storage, ingest of TCIA "
+                    "exports, patient-level split, synthetic data.")
+    parser.add_argument("--config", help="TOML settings file (else BRAIN_TUMOR_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("storage", cmd_storage, "Start, stop or show the embedded S3 server (SeaweedFS on "
+                                    "127.0.0.1; data kept under BRAIN_TUMOR_HOME/s3).")
+    p.add_argument("action", choices=["up", "down", "status"])
+
+    p = add("synth", cmd_synth, "Write a synthetic TCIA export (real TIFFs, kaggle_3m layout), "
+                                "deterministic by seed, optionally with bad files.")
+    p.add_argument("out", help="folder to write the patient folders into")
+    p.add_argument("--patients", type=int, default=6)
+    p.add_argument("--slices", type=int, default=8, help="slices per patient")
+    p.add_argument("--size", type=int, default=64, help="slice height and width in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tumor-free", type=int, default=1, help="patients with no tumor at all")
+    p.add_argument("--first-patient", type=int, default=0, help="number of the first patient")
+    p.add_argument("--bad", action="append", default=[], metavar="KIND",
+                   help="inject a bad file: corrupt, truncated, missing_mask, orphan_mask, "
+                        "shape_mismatch, nonbinary_mask, uint16, channels, bad_name, wrong_size")
+    p.add_argument("--archive", help="also pack the export into this .zip/.tar/.tar.gz/.tar.xz")
+
+    p = add("upload", cmd_upload, "Upload a local export folder or archive to exports/ in S3.")
+    p.add_argument("path")
+    p.add_argument("--export-id", help="default: the folder or archive name")
+
+    p = add("exports", cmd_exports, "List the exports in S3 and the dataset version each went into.")
+    p.add_argument("--new", action="store_true", help="only exports not ingested yet")
+
+    p = add("ingest", cmd_ingest, "Ingest exports into a new dataset version: check every file, "
+                                  "relabel from masks, quarantine bad files, merge, commit.")
+    p.add_argument("export_ids", nargs="*", metavar="EXPORT_ID")
+    p.add_argument("--new", action="store_true", help="ingest every export not in the ledger")
+
+    p = add("split", cmd_split, "Split a dataset version by patient into train/val/test "
+                                "(stable: earlier patients keep their split).")
+    p.add_argument("--dataset-version", help="default: HEAD")
+
+    p = add("datasets", cmd_datasets, "Show a dataset version (default: HEAD) and its counts.")
+    p.add_argument("version", nargs="?")
+
+    add("settings", cmd_settings, "Show every setting and its current value.")
+    add("schemas", cmd_schemas, "Print the schemas of every object the pipeline writes (Markdown).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `brain-tumor` command."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if not args.json else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        return int(args.fn(args, settings) or 0)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

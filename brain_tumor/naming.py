@@ -1,0 +1,63 @@
+"""File names of the LGG `kaggle_3m` layout: ``<PATIENT>/<PATIENT>_<N>.tif`` and ``..._mask.tif``.
+
+A patient id reads ``TCGA_<institution>_<patient>_<YYYYMMDD>`` (e.g. ``TCGA_CS_4941_19960909``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+_FILE_RE = re.compile(
+    r"^(?P<patient>[A-Za-z0-9]+_(?P<institution>[A-Za-z0-9]+)_[A-Za-z0-9]+_(?P<date>\d{8}))"
+    r"_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$"
+)
+#: files that may sit beside the patient folders and are not slices
+IGNORED_SUFFIXES = (".csv", ".md", ".txt", ".json")
+IGNORED_NAMES = (".DS_Store", "Thumbs.db")
+
+
+class BadName(ValueError):
+    """A .tif file whose path does not follow the layout."""
+
+
+@dataclass(frozen=True)
+class SliceName:
+    """What a slice or mask file name says."""
+
+    patient_id: str
+    institution: str
+    acquisition_date: str  # ISO date, YYYY-MM-DD
+    slice_index: int
+    is_mask: bool
+
+
+def is_slice_file(path: str) -> bool:
+    """Whether the path is meant as a slice or mask (a .tif/.tiff file)."""
+    return PurePosixPath(path).suffix.lower() in (".tif", ".tiff")
+
+
+def is_ignored(path: str) -> bool:
+    """Whether the path is a known side file (data.csv, README, ...) and not a slice."""
+    p = PurePosixPath(path)
+    return p.name in IGNORED_NAMES or p.suffix.lower() in IGNORED_SUFFIXES or p.name.startswith("._")
+
+
+def parse_slice_path(path: str) -> SliceName:
+    """Parse ``.../<PATIENT>/<PATIENT>_<N>[_mask].tif``; raise BadName with the reason."""
+    p = PurePosixPath(path)
+    match = _FILE_RE.match(p.name)
+    if match is None:
+        raise BadName(f"name {p.name!r} is not <PATIENT>_<N>.tif or <PATIENT>_<N>_mask.tif")
+    patient = match["patient"]
+    if p.parent.name != patient:
+        raise BadName(f"file {p.name!r} lies in folder {p.parent.name!r}, expected {patient!r}")
+    date = match["date"]
+    return SliceName(
+        patient_id=patient,
+        institution=match["institution"],
+        acquisition_date=f"{date[:4]}-{date[4:6]}-{date[6:]}",
+        slice_index=int(match["slice"]),
+        is_mask=match["mask"] is not None,
+    )

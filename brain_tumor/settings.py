@@ -1,0 +1,156 @@
+"""One typed settings object, loaded once at the boundary (CLI, task) and passed down.
+
+Sources, later ones winning: the defaults below, an optional TOML file (``--config`` or
+``BRAIN_TUMOR_CONFIG``), then ``BRAIN_TUMOR_<FIELD>`` environment variables.
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "BRAIN_TUMOR_"
+CONFIG_ENV = "BRAIN_TUMOR_CONFIG"
+
+
+class SettingsError(ValueError):
+    """Settings could not be loaded: a bad file, an unknown key or a bad value."""
+
+
+class Settings(BaseModel):
+    """Every knob of the pipeline. Field ``x`` is set by ``BRAIN_TUMOR_X``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- object storage (S3 API) ---
+    s3_endpoint_url: str | None = Field(
+        "http://127.0.0.1:8333",
+        description="S3 endpoint; empty for AWS S3. The default is the embedded SeaweedFS server.",
+    )
+    s3_bucket: str = Field("brain-tumor", description="Bucket that holds every object.")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = Field("brain-tumor", description="Access key (embedded default).")
+    s3_secret_access_key: SecretStr = Field(SecretStr("brain-tumor-secret"))
+    s3_root: str = Field("", description="Optional key prefix under which all prefixes live.")
+    s3_max_attempts: int = Field(5, ge=1, description="Attempts per S3 call (retries on errors).")
+    s3_connect_timeout_s: float = Field(5.0, gt=0)
+    io_workers: int = Field(8, ge=1, description="Threads for parallel S3 reads and writes.")
+
+    exports_prefix: str = "exports/"
+    datasets_prefix: str = "datasets/"
+    ledger_prefix: str = "ledger/"
+    models_prefix: str = "models/"
+    registry_prefix: str = "registry/"
+    incoming_prefix: str = "incoming/"
+    scores_prefix: str = "scores/"
+    blobs_prefix: str = Field("slices/", description="Content-addressed slice and mask files.")
+
+    # --- embedded S3 server (SeaweedFS `weed mini`) ---
+    home: Path = Field(Path("~/.brain-tumor"), description="Local state: S3 data, logs, caches.")
+    embedded_s3_port: int = Field(8333, ge=1, le=65535)
+    embedded_s3_port_base: int = Field(
+        19300, ge=1024, le=65000, description="First of the internal SeaweedFS ports (about 10)."
+    )
+
+    # --- ingest ---
+    max_quarantine_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fail the ingest when more than this share of files is rejected."
+    )
+    expected_slice_size: int | None = Field(
+        None, ge=1, description="Reject slices whose height or width differs; unset accepts any."
+    )
+
+    # --- split ---
+    split_train: float = Field(0.7, gt=0, lt=1)
+    split_val: float = Field(0.15, gt=0, lt=1)
+    split_test: float = Field(0.15, gt=0, lt=1)
+    split_seed: int = 42
+    split_min_tumor_slices: int = Field(1, ge=0)
+
+    # --- models ---
+    image_size: int = Field(256, ge=16, description="Model input size (slices are resized).")
+    keras_backend: Literal["tensorflow", "jax", "torch"] = "tensorflow"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        total = self.split_train + self.split_val + self.split_test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions must sum to 1, received train={self.split_train} "
+                f"val={self.split_val} test={self.split_test} (sum {total})"
+            )
+        for name in ("exports_prefix", "datasets_prefix", "ledger_prefix", "models_prefix",
+                     "registry_prefix", "incoming_prefix", "scores_prefix", "blobs_prefix"):
+            value = getattr(self, name)
+            if not value.endswith("/") or value.startswith("/"):
+                raise ValueError(f"{name} must end with '/' and not start with it, received {value!r}")
+        return self
+
+    def key(self, prefix_field: str, *parts: str) -> str:
+        """Full object key: ``s3_root`` + the named prefix + parts joined by '/'."""
+        prefix = getattr(self, f"{prefix_field}_prefix")
+        return self.s3_root + prefix + "/".join(p.strip("/") for p in parts if p)
+
+    @property
+    def home_dir(self) -> Path:
+        """The expanded local state folder."""
+        return self.home.expanduser()
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, secrets masked (saved beside outputs)."""
+        data = self.model_dump(mode="json")
+        data["s3_secret_access_key"] = "***"
+        return data
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, str]:
+    fields = Settings.model_fields
+    values: dict[str, str] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        field = name[len(ENV_PREFIX):].lower()
+        if field not in fields:
+            raise SettingsError(f"unknown setting {name}; known: {', '.join(sorted(fields))}")
+        values[field] = raw
+    if values.get("s3_endpoint_url", None) == "":
+        values["s3_endpoint_url"] = None  # type: ignore[assignment]
+    if values.get("expected_slice_size", None) == "":
+        values["expected_slice_size"] = None  # type: ignore[assignment]
+    return values
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    return data.get("brain_tumor", data)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings from defaults, an optional TOML file, the environment and overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get(CONFIG_ENV) or None
+    if config_file:
+        values.update(_file_values(Path(config_file)))
+    values.update(_env_values(env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc
