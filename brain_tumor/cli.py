@@ -25,11 +25,9 @@ brain-tumor upload /tmp/export1 && brain-tumor ingest --new && brain-tumor split
 
 
 def _store(settings: Settings):  # noqa: ANN202
-    from brain_tumor.storage import ObjectStore
+    from brain_tumor.steps import open_store
 
-    store = ObjectStore.from_settings(settings)
-    store.ensure_bucket()
-    return store
+    return open_store(settings)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -97,51 +95,36 @@ def cmd_exports(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.datasets import DatasetStore
-    from brain_tumor.exports import list_exports
-    from brain_tumor.ingest import ingest_export
+    from brain_tumor import steps
 
-    store = _store(settings)
     ids = list(args.export_ids)
     if args.new:
-        done = DatasetStore(store, settings).ledger()
-        ids += [e for e in list_exports(store, settings) if e not in done and e not in ids]
+        ids += [e for e in steps.new_exports(settings) if e not in ids]
     if not ids:
-        _emit(args, [], "no new exports to ingest")
+        _emit(args, {"dataset_version": None, "exports": []}, "no new exports to ingest")
         return 0
-    results = []
-    for export_id in ids:
-        res = ingest_export(store, settings, export_id, progress=not args.json)
-        results.append({"export_id": res.export_id, "dataset_version": res.dataset_version,
-                        "parent": res.parent, "already_ingested": res.already_ingested,
-                        **res.counts})
-        if not args.json:
-            state = "already ingested in" if res.already_ingested else "->"
-            print(f"{export_id} {state} {res.dataset_version}: " +
-                  ", ".join(f"{k} {v}" for k, v in res.counts.items()))
-            for r in res.quarantine.itertuples():
-                print(f"  quarantined {r.path}: {r.reason} ({r.detail})")
-    if args.json:
-        print(json.dumps(results, indent=2, default=str))
+    result = steps.ingest(settings, ids, progress=not args.json)
+    lines = []
+    for r in result["exports"]:
+        state = "already ingested in" if r["already_ingested"] else "->"
+        lines.append(f"{r['export_id']} {state} {r['dataset_version']}: "
+                     + ", ".join(f"{k} {r[k]}" for k in ("files", "slices", "accepted",
+                                                          "quarantined", "added", "changed")
+                                 if k in r))
+        lines += [f"  quarantined {q['path']}: {q['reason']} ({q['detail']})"
+                  for q in r["quarantine"]]
+    _emit(args, result, "\n".join(lines))
     return 0
 
 
 def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.datasets import DatasetStore
-    from brain_tumor.split import SplitConfig, assign_split, split_counts
+    from brain_tumor import steps
 
-    datasets = DatasetStore(_store(settings), settings)
-    version = datasets.resolve(args.dataset_version)
-    config = SplitConfig(train=settings.split_train, val=settings.split_val,
-                         test=settings.split_test, seed=settings.split_seed,
-                         min_tumor_slices=settings.split_min_tumor_slices)
-    split = assign_split(datasets.manifest(version), config, datasets.previous_split(version))
-    written = datasets.write_split(version, split)
-    counts = split_counts(split)
-    data = {"dataset_version": version, "written": written,
-            "splits": counts.reset_index(names="split").to_dict(orient="records")}
-    _emit(args, data, f"dataset {version}: split {'written' if written else 'unchanged'}\n"
-                      + counts.to_string())
+    result = steps.split(settings, args.dataset_version)
+    table = "\n".join(f"  {r['split']:6} patients {r['patients']:4}  slices {r['slices']:6}  "
+                       f"tumor slices {r['tumor_slices']:5}" for r in result["splits"])
+    _emit(args, result, f"dataset {result['dataset_version']}: split "
+                        f"{'written' if result['written'] else 'unchanged'}\n{table}")
     return 0
 
 

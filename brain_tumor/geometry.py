@@ -42,7 +42,7 @@ def _as_2d(mask: Any) -> np.ndarray:
 
 
 def mask_geometry(mask: np.ndarray) -> dict[str, Any]:
-    """Area (pixels), inclusive bbox (y0, x0, y1, x1) and centroid (y, x) of a binary mask; None when empty."""
+    """Area (pixels), inclusive bbox (y0, x0, y1, x1), centroid (y, x) of a mask; None if empty."""
     arr = _as_2d(mask)
     ys, xs = np.nonzero(arr)
     area = int(ys.size)

@@ -83,7 +83,7 @@ def _bin_index(p: np.ndarray, bins: int) -> np.ndarray:
 
 
 def calibration_curve_bins(y_true: Any, prob: Any, bins: int = 10) -> dict[str, list[Any]]:
-    """Equal-width reliability-diagram bins: edges, count, mean predicted and observed positive rate."""
+    """Equal-width reliability bins: edges, count, mean predicted prob, observed positive rate."""
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     y, p = _labels_probs(y_true, prob)
@@ -188,7 +188,7 @@ def per_patient_dice(
 
 
 def tumor_slice_dice_iou(true_masks: Any, pred_masks: Any) -> tuple[float | None, float | None]:
-    """Mean per-slice Dice and IoU over slices whose TRUE mask is non-empty; None if there are none."""
+    """Mean per-slice Dice and IoU over slices whose TRUE mask is non-empty; None if none are."""
     t, p = _masks(None, true_masks, pred_masks)
     keep = [i for i in range(t.shape[0]) if t[i].any()]
     if not keep:
@@ -205,7 +205,8 @@ def patient_detection(patient_ids: Sequence[Any], y_true: Any, pred_label: Any) 
     pred = np.asarray(pred_label).ravel().astype(bool)
     if not (len(patient_ids) == y.size == pred.size):
         raise ValueError(
-            f"lengths differ: {len(patient_ids)} patient ids, {y.size} labels, {pred.size} predictions"
+            f"lengths differ: {len(patient_ids)} patient ids, {y.size} labels, "
+            f"{pred.size} predictions"
         )
     if y.size == 0:
         raise ValueError("no slices given")
@@ -243,12 +244,13 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> tuple[float | None, float | None]:
-    """Percentile CI from resampling PATIENTS with replacement; metric_fn(slice_indices) -> float|None.
+    """Percentile CI from resampling PATIENTS with replacement; metric_fn(indices) -> float | None.
 
-    A drawn patient contributes all of its slice indices (repeated if drawn twice). Resamples where
-    metric_fn returns None/NaN are skipped; (None, None) if every resample was undefined. Note that a
-    metric_fn which regroups slices by patient id collapses a patient drawn twice into one group; to
-    bootstrap a per-patient mean, pass one id per patient and index an array of per-patient values.
+    A drawn patient contributes all of its slice indices (repeated if drawn twice). Resamples
+    where metric_fn returns None/NaN are skipped; (None, None) if every resample was undefined.
+    A metric_fn that regroups slices by patient id collapses a patient drawn twice into one
+    group; to bootstrap a per-patient mean, pass one id per patient and index an array of
+    per-patient values instead.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -269,7 +271,7 @@ def bootstrap_ci(
         stats.append(float(value))
     skipped = n_boot - len(stats)
     if skipped:
-        logger.info("bootstrap: skipped %d of %d resamples with an undefined metric", skipped, n_boot)
+        logger.info("bootstrap: skipped %d of %d resamples (undefined metric)", skipped, n_boot)
     if not stats:
         return None, None
     low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])

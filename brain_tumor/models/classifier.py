@@ -1,4 +1,4 @@
-"""Slice-level tumor classifier: ResNet50 (or a tiny test backbone) + small dense head, Keras 3 only.
+"""Slice-level tumor classifier: ResNet50 (or a tiny test backbone) + dense head, Keras 3 only.
 
 Input: raw 0..255 slices, channels in file order (pre-contrast, FLAIR, post-contrast) read as RGB.
 Preprocessing lives inside the model, so saved ``.keras`` files take raw slices.
@@ -7,6 +7,7 @@ Preprocessing lives inside the model, so saved ``.keras`` files take raw slices.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -44,7 +45,7 @@ def _check_weights(weights: str | os.PathLike | None, backbone: str) -> str | No
         return None
     weights = os.fspath(weights)
     if backbone == "tiny":
-        raise ValueError(f"the 'tiny' backbone takes no pretrained weights, got weights={weights!r}")
+        raise ValueError(f"the 'tiny' backbone takes no pretrained weights, got {weights!r}")
     if weights == "imagenet":
         return weights
     if not weights.endswith(".h5"):
@@ -60,7 +61,9 @@ def _tiny_backbone(image_size: int) -> keras.Model:
     x = inputs
     names = ("tiny_block1", "tiny_block2", "tiny_top")
     for filters, name in zip((8, 16, 32), names, strict=True):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.Conv2D(
+            filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv"
+        )(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
         x = layers.ReLU(name=f"{name}_relu")(x)
     return keras.Model(inputs, x, name=BACKBONE_NAME)
@@ -139,5 +142,5 @@ def set_backbone_trainable(model: keras.Model, mode: str) -> None:
             layer.trainable = layer.name.startswith(TOP_STAGE_PREFIXES) and not isinstance(
                 layer, layers.BatchNormalization
             )
-    n_train = sum(int(ops.size(w)) for w in model.trainable_weights)
+    n_train = sum(math.prod(w.shape) for w in model.trainable_weights)
     logger.info("backbone mode=%s: %d trainable parameters", mode, n_train)

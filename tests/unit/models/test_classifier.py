@@ -33,7 +33,8 @@ def _compile(model: keras.Model) -> None:
 
 
 def _head_weights(model: keras.Model) -> list:
-    return [w for name in ("head_dense", "tumor_probability") for w in model.get_layer(name).weights]
+    names = ("head_dense", "tumor_probability")
+    return [w for name in names for w in model.get_layer(name).weights]
 
 
 def _same_vars(a: list, b: list) -> bool:
@@ -99,7 +100,9 @@ def resnet() -> keras.Model:
 
 def test_resnet50_trains_one_step_and_roundtrips(resnet: keras.Model, tmp_path: Path) -> None:
     # Eager SGD: tracing a ResNet50 train step costs ~20 s on CPU; eager takes ~1 s.
-    resnet.compile(optimizer=keras.optimizers.SGD(1e-3), loss="binary_crossentropy", run_eagerly=True)
+    resnet.compile(
+        optimizer=keras.optimizers.SGD(1e-3), loss="binary_crossentropy", run_eagerly=True
+    )
     x, y = _data(4, seed=3)
     resnet.fit(x.astype("float32"), y, epochs=1, batch_size=4, verbose=0)
     before = resnet.predict(x, verbose=0)
@@ -125,7 +128,9 @@ def test_resnet50_weights_from_file(resnet: keras.Model, tmp_path: Path) -> None
     get_backbone(resnet).save_weights(path)
     model = build_classifier(image_size=SIZE, weights=str(path), dense_units=16)
     assert isinstance(model.get_layer("preprocess"), CaffePreprocessing)
-    for a, b in zip(get_backbone(resnet).get_weights(), get_backbone(model).get_weights(), strict=True):
+    expected, got = get_backbone(resnet).get_weights(), get_backbone(model).get_weights()
+    assert len(expected) == len(got) > 0
+    for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

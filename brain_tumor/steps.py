@@ -1,0 +1,69 @@
+"""Pipeline steps as small functions: settings in, JSON-ready dicts out.
+
+The CLI and the Airflow tasks both call these, so a DAG task and a command line do the same
+thing. Each builds its S3 client from the settings it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from brain_tumor.datasets import DatasetStore
+from brain_tumor.exports import list_exports
+from brain_tumor.ingest import ingest_export
+from brain_tumor.settings import Settings
+from brain_tumor.split import SplitConfig, assign_split, split_counts
+from brain_tumor.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The project's bucket, created if missing."""
+    store = ObjectStore.from_settings(settings)
+    store.ensure_bucket()
+    return store
+
+
+def new_exports(settings: Settings) -> list[str]:
+    """Export ids in storage that the ledger has not seen, oldest name first."""
+    store = open_store(settings)
+    done = DatasetStore(store, settings).ledger()
+    found = [e for e in list_exports(store, settings) if e not in done]
+    log.info("%d export(s) in storage, %d new: %s", len(done) + len(found), len(found), found)
+    return found
+
+
+def ingest(settings: Settings, export_ids: list[str], progress: bool = False) -> dict[str, Any]:
+    """Ingest exports in order; returns the final dataset version and per-export results."""
+    store = open_store(settings)
+    results = []
+    version = None
+    for export_id in export_ids:
+        res = ingest_export(store, settings, export_id, progress=progress)
+        version = res.dataset_version
+        results.append({"export_id": export_id, "dataset_version": version,
+                        "already_ingested": res.already_ingested, **res.counts,
+                        "quarantine": res.quarantine[["path", "reason", "detail"]]
+                        .to_dict(orient="records")})
+    return {"dataset_version": version, "exports": results}
+
+
+def split_config(settings: Settings) -> SplitConfig:
+    """The split settings as a SplitConfig."""
+    return SplitConfig(train=settings.split_train, val=settings.split_val, test=settings.split_test,
+                       seed=settings.split_seed, min_tumor_slices=settings.split_min_tumor_slices)
+
+
+def split(settings: Settings, dataset_version: str | None = None) -> dict[str, Any]:
+    """Split a dataset version (default HEAD) by patient, stable against its ancestors."""
+    datasets = DatasetStore(open_store(settings), settings)
+    version = datasets.resolve(dataset_version)
+    table = assign_split(datasets.manifest(version), split_config(settings),
+                         datasets.previous_split(version))
+    written = datasets.write_split(version, table)
+    counts = split_counts(table)
+    log.info("dataset %s split (%s):\n%s", version, "written" if written else "unchanged", counts)
+    return {"dataset_version": version, "written": written,
+            "splits": counts.reset_index(names="split").to_dict(orient="records")}
