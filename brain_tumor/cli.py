@@ -140,6 +140,22 @@ def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.demo import run_demo
+
+    summary = run_demo(settings, args.profile, Path(args.export) if args.export else None)
+    text = [f"export          {summary['export_id']}",
+            f"dataset version {summary['dataset_version']}",
+            f"counts          {summary['counts']}",
+            f"split           {summary.get('split')}",
+            f"S3              {summary['s3_endpoint']} bucket {summary['bucket']}",
+            f"Airflow home    {summary['airflow_home']} (log {summary['airflow_log']})",
+            "look closer:    brain-tumor datasets; brain-tumor exports; "
+            "see README 'Watching it in the Airflow UI'"]
+    _emit(args, summary, "\n".join(text))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     data = settings.public_dict()
     _emit(args, data, "\n".join(f"BRAIN_TUMOR_{k.upper():26} {v}" for k, v in data.items()))
@@ -206,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("datasets", cmd_datasets, "Show a dataset version (default: HEAD) and its counts.")
     p.add_argument("version", nargs="?")
+
+    p = add("demo", cmd_demo, "The main job on the embedded default: start the S3 server, "
+                              "upload an export (synthetic unless --export), run the "
+                              "retrain_nightly DAG once on a local Airflow (SQLite).")
+    p.add_argument("--profile", choices=["tiny", "small"], default="small",
+                   help="size of the synthetic export (tiny is what the tests run)")
+    p.add_argument("--export", help="a local export folder or archive to use instead, e.g. the "
+                                    "real LGG archive")
 
     add("settings", cmd_settings, "Show every setting and its current value.")
     add("schemas", cmd_schemas, "Print the schemas of every object the pipeline writes (Markdown).")

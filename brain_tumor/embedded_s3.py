@@ -133,13 +133,31 @@ class EmbeddedS3:
                 raise EmbeddedS3Error(
                     f"weed mini exited with code {proc.returncode}; see {self.log_file}"
                 )
-            if port_open(self.host, self.port) and self._bucket_ready():
+            if port_open(self.host, self.port) and self._volumes_ready() and self._bucket_ready():
                 log.info("embedded S3 up at %s (pid %s, data %s)", self.endpoint, proc.pid,
                          self.data_dir)
                 return
             time.sleep(0.3)
         self.stop()
         raise EmbeddedS3Error(f"weed mini did not answer within {timeout_s:.0f}s; see {self.log_file}")
+
+    def _volumes_ready(self) -> bool:
+        """Whether the master knows every volume the volume server holds (reads would fail)."""
+        import json
+        import urllib.request
+
+        def get(port: int, path: str) -> dict:
+            with urllib.request.urlopen(f"http://{self.host}:{port}{path}", timeout=2) as resp:
+                return json.loads(resp.read())
+
+        try:
+            local = {v["Id"] for v in get(self.port_base + 1, "/status").get("Volumes") or []}
+            racks = get(self.port_base, "/vol/status")["Volumes"].get("DataCenters") or {}
+        except (OSError, ValueError, KeyError):
+            return False
+        known = {v["Id"] for dc in racks.values() for rack in dc.values()
+                 for node in rack.values() for v in node or []}
+        return local <= known
 
     def _bucket_ready(self) -> bool:
         import boto3

@@ -109,6 +109,16 @@ class Settings(BaseModel):
         return data
 
 
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """The settings as BRAIN_TUMOR_* variables, to hand to a subprocess or a container."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[ENV_PREFIX + name.upper()] = "" if value is None else str(value)
+    return env
+
+
 def _env_values(env: Mapping[str, str]) -> dict[str, str]:
     fields = Settings.model_fields
     values: dict[str, str] = {}

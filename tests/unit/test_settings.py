@@ -54,3 +54,10 @@ def test_secret_is_masked_and_keys_compose():
     assert s.public_dict()["s3_secret_access_key"] == "***"
     assert "brain-tumor-secret" not in repr(s)
     assert s.key("datasets", "v1", "manifest.parquet") == "proj/datasets/v1/manifest.parquet"
+
+
+def test_env_round_trip():
+    from brain_tumor.settings import settings_to_env
+
+    s = load_settings(env={}, s3_endpoint_url=None, image_size=96, expected_slice_size=None)
+    assert load_settings(env=settings_to_env(s)) == s

@@ -1,0 +1,151 @@
+"""The main job on the embedded default: S3 server up, an export in, the retraining DAG run.
+
+``brain-tumor demo`` starts the embedded SeaweedFS server, uploads an export (a synthetic one
+made here, or a folder/archive given with ``--export``), prepares a local Airflow on SQLite and
+runs the ``retrain_nightly`` DAG once with ``airflow dags test``. Airflow runs as a subprocess:
+this module only sets its environment. Re-running is safe: an export already uploaded is not
+uploaded again, and the DAG then finds nothing new and ends early.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from brain_tumor import embedded_s3, steps
+from brain_tumor.datasets import DatasetNotFound, DatasetStore
+from brain_tumor.exports import list_exports, split_archive_name, upload_export
+from brain_tumor.settings import Settings, settings_to_env
+from brain_tumor.synth import SynthSpec, make_export
+
+log = logging.getLogger(__name__)
+
+#: synthetic export sizes; "tiny" is what the test suite runs
+PROFILES: dict[str, SynthSpec] = {
+    "tiny": SynthSpec(patients=6, slices=6, size=32, seed=0, bad=("corrupt",)),
+    "small": SynthSpec(patients=16, slices=12, size=64, seed=0, bad=("corrupt", "nonbinary_mask")),
+}
+
+
+class DemoError(RuntimeError):
+    """The main job failed; the message says which step and where its log is."""
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo keeps its local state."""
+
+    home: Path
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def exports(self) -> Path:
+        return self.home / "exports"
+
+
+def default_dags_folder() -> Path:
+    """The repository's dags/ folder (beside the package in a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "dags"
+
+
+def airflow_env(settings: Settings, airflow_home: Path, dags_folder: Path) -> dict[str, str]:
+    """Environment for a local Airflow on SQLite that runs this project's DAGs."""
+    env = dict(os.environ)
+    env.update(settings_to_env(settings))
+    bin_dir = str(Path(sys.executable).parent)
+    env.update({
+        "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(dags_folder.parent / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home}/airflow.db",
+    })
+    return env
+
+
+def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
+    exe = shutil.which("airflow", path=env["PATH"])
+    if exe is None:
+        raise DemoError("the `airflow` command is missing: install the project with its "
+                        "airflow extra (pip install -e '.[airflow]')")
+    with log_file.open("a") as fh:
+        fh.write(f"\n$ airflow {' '.join(args)}\n")
+        fh.flush()
+        proc = subprocess.run([exe, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                              check=False)
+    if proc.returncode != 0:
+        raise DemoError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); "
+                        f"see {log_file}")
+
+
+def _is_embedded(settings: Settings) -> bool:
+    url = settings.s3_endpoint_url or ""
+    return url.rstrip("/") in (f"http://127.0.0.1:{settings.embedded_s3_port}",
+                               f"http://localhost:{settings.embedded_s3_port}")
+
+
+def prepare_export(settings: Settings, paths: DemoPaths, profile: str,
+                   export: Path | None) -> str:
+    """Upload the given export, or a synthetic one of the profile; skip if already there."""
+    store = steps.open_store(settings)
+    if export is not None:
+        export = Path(export)
+        parsed = split_archive_name(export.name)
+        export_id = parsed[0] if parsed and export.is_file() else export.name
+    else:
+        spec = PROFILES[profile]
+        export_id = f"synthetic-{profile}-s{spec.seed}"
+        export = paths.exports / export_id
+        if not export.exists():
+            make_export(export, spec)
+    if export_id in list_exports(store, settings):
+        log.info("export %s is in storage already", export_id)
+    else:
+        upload_export(store, settings, export, export_id, progress=True)
+    return export_id
+
+
+def run_demo(settings: Settings, profile: str = "small", export: Path | None = None,
+             dags_folder: Path | None = None) -> dict:
+    """Run the main job end to end; returns what it made (and where to look)."""
+    if profile not in PROFILES:
+        raise DemoError(f"profile must be one of {sorted(PROFILES)}, received {profile!r}")
+    paths = DemoPaths(settings.home_dir)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    if _is_embedded(settings):
+        embedded_s3.from_settings(settings).start()
+    export_id = prepare_export(settings, paths, profile, export)
+    dags = dags_folder or default_dags_folder()
+    if not (dags / "retrain_nightly.py").exists():
+        raise DemoError(f"no retrain_nightly.py in the DAGs folder {dags}")
+    paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    env = airflow_env(settings, paths.airflow_home, dags)
+    log_file = paths.home / "demo-airflow.log"
+    print(f"running the retrain_nightly DAG (Airflow log: {log_file}) ...", flush=True)
+    _airflow(["db", "migrate"], env, log_file)
+    _airflow(["dags", "test", "retrain_nightly"], env, log_file)
+    datasets = DatasetStore(steps.open_store(settings), settings)
+    head = datasets.head().version
+    summary = {"export_id": export_id, "dataset_version": head,
+               "counts": datasets.record(head)["counts"] if head else None,
+               "airflow_home": str(paths.airflow_home), "airflow_log": str(log_file),
+               "s3_endpoint": settings.s3_endpoint_url, "bucket": settings.s3_bucket}
+    if head:
+        try:
+            split = datasets.split(head)
+            summary["split"] = split.groupby("split")["patient_id"].count().to_dict()
+        except DatasetNotFound:
+            summary["split"] = None
+    log.info("demo summary: %s", json.dumps(summary))
+    return summary
