@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,6 +129,49 @@ def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _use_backend(settings: Settings) -> None:
+    """Select the Keras backend before Keras is imported (settings decide unless env does)."""
+    os.environ.setdefault("KERAS_BACKEND", settings.keras_backend)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor import steps
+
+    _use_backend(settings)
+    record = steps.train(settings, args.dataset_version, verbose=0 if args.json else
+                         (1 if sys.stdout.isatty() else 2))
+    _emit(args, record, f"model version {record['model_version']} (dataset "
+                        f"{record['dataset_version']}, threshold {record['threshold']:.3f}, best "
+                        f"epochs {record['best_epochs']})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor import steps
+
+    _use_backend(settings)
+    result = steps.evaluate(settings, args.model_version, args.dataset_version,
+                            progress=not args.json)
+    lines = [f"model {result['model_version']} on the test patients of "
+             f"{result['dataset_version']} (threshold {result['threshold']:.3f} from validation)"]
+    lines += [f"  {k:34} {'n/a' if v is None else f'{v:.3f}'}" for k, v in result.items()
+              if k not in ("model_version", "dataset_version", "threshold")]
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.modelstore import ModelStore
+
+    models = ModelStore(_store(settings), settings)
+    records = [models.record(v) for v in models.versions()]
+    text = "\n".join(f"{r['model_version']}  {r['created_at']}  dataset {r['dataset_version']}  "
+                     f"{r['backbone']}@{r['image_size']}  threshold {r['threshold']:.3f}"
+                     for r in records)
+    _emit(args, records, text or "no model versions yet")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor.datasets import DatasetStore
 
@@ -219,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("split", cmd_split, "Split a dataset version by patient into train/val/test "
                                 "(stable: earlier patients keep their split).")
     p.add_argument("--dataset-version", help="default: HEAD")
+
+    p = add("train", cmd_train, "Train the classifier and the segmenter on a dataset version's "
+                                "train patients and publish a model version to S3.")
+    p.add_argument("--dataset-version", help="default: HEAD (must be split)")
+
+    p = add("evaluate", cmd_evaluate, "Evaluate a model version on the test patients of a "
+                                      "dataset version: metrics.json, plots, model card.")
+    p.add_argument("model_version")
+    p.add_argument("--dataset-version", help="default: the one the model was trained on")
+
+    add("models", cmd_models, "List the published model versions.")
 
     p = add("datasets", cmd_datasets, "Show a dataset version (default: HEAD) and its counts.")
     p.add_argument("version", nargs="?")

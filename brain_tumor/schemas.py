@@ -131,6 +131,21 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("ingested_at", "str", "ISO 8601 UTC"),
                Col("counts", "dict", "files, slices, accepted, quarantined, added, changed"),
            ), table=False),
+    Schema("model", "models/<model_version>/model.json",
+           "Written last: a model version exists once this object does.", (
+               Col("model_version", "str", "m-<12 hex>, derived from dataset version + training "
+                                           "settings"),
+               Col("dataset_version", "str", "the data it was trained on"),
+               Col("image_size", "int", "model input size"),
+               Col("threshold", "float", "classifier decision threshold, chosen on validation "
+                                         "patients"),
+               Col("threshold_rule", "str", "youden | f1"),
+               Col("backbone", "str", "resnet50 | tiny"),
+               Col("keras_backend", "str", "tensorflow | jax | torch"),
+               Col("best_epochs", "dict", "best epoch (1-based) per model, from the checkpoints"),
+               Col("created_at", "str", "ISO 8601 UTC"),
+               Col("code_version", "str", "package version"),
+           ), table=False),
     Schema("metrics", "models/<model_version>/metrics.json",
            "Evaluation of a model on the test patients of a dataset version.", (
                Col("model_version", "str", ""),

@@ -76,6 +76,31 @@ class Settings(BaseModel):
     # --- models ---
     image_size: int = Field(256, ge=16, description="Model input size (slices are resized).")
     keras_backend: Literal["tensorflow", "jax", "torch"] = "tensorflow"
+    backbone: Literal["resnet50", "tiny"] = Field(
+        "resnet50", description="Classifier backbone; 'tiny' is a small conv stack for tests.")
+    weights: str | None = Field(
+        None, description="Backbone weights: 'imagenet', a path to a .h5 weights file, or unset.")
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(20, ge=1, description="Classifier epochs (frozen phase with weights).")
+    fine_tune_epochs: int = Field(5, ge=0, description="Top-block fine-tuning epochs (weights).")
+    learning_rate: float = Field(1e-3, ge=0)
+    fine_tune_learning_rate: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="Linear learning-rate warm-up epochs.")
+    early_stopping_patience: int = Field(5, ge=1)
+    reduce_lr_patience: int = Field(2, ge=1)
+    dense_units: int = Field(256, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    seg_base_filters: int = Field(16, ge=1, description="U-Net filters at the first level.")
+    seg_depth: int = Field(4, ge=1, le=6, description="U-Net levels (image_size % 2**depth == 0).")
+    seg_epochs: int = Field(20, ge=1)
+    seg_learning_rate: float = Field(1e-3, ge=0)
+    train_seed: int = 1
+    augment: bool = Field(True, description="Flips, small rotations/shifts, intensity jitter.")
+    max_train_slices: int | None = Field(None, ge=1, description="Cap on training slices.")
+    mask_threshold: float = Field(0.5, gt=0, lt=1, description="Segmenter probability cut-off.")
+    threshold_rule: Literal["youden", "f1"] = Field(
+        "youden", description="How the classifier threshold is chosen on validation patients.")
+    bootstrap_samples: int = Field(1000, ge=10, description="Resamples for 95% intervals.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -131,8 +156,9 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
         values[field] = raw
     if values.get("s3_endpoint_url", None) == "":
         values["s3_endpoint_url"] = None  # type: ignore[assignment]
-    if values.get("expected_slice_size", None) == "":
-        values["expected_slice_size"] = None  # type: ignore[assignment]
+    for optional in ("expected_slice_size", "weights", "max_train_slices"):
+        if values.get(optional, None) == "":
+            values[optional] = None  # type: ignore[assignment]
     return values
 
 

@@ -67,3 +67,36 @@ def split(settings: Settings, dataset_version: str | None = None) -> dict[str, A
     log.info("dataset %s split (%s):\n%s", version, "written" if written else "unchanged", counts)
     return {"dataset_version": version, "written": written,
             "splits": counts.reset_index(names="split").to_dict(orient="records")}
+
+
+def train(settings: Settings, dataset_version: str | None = None, verbose: int = 2) -> dict[str, Any]:
+    """Train a model version on a dataset version (default HEAD); returns its model.json."""
+    from brain_tumor.train import train_model
+
+    return train_model(open_store(settings), settings, dataset_version, verbose=verbose)
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers people and gates look at first."""
+    return {
+        "roc_auc": metrics["slice"].get("roc_auc"),
+        "sensitivity": metrics["slice"].get("sensitivity"),
+        "specificity": metrics["slice"].get("specificity"),
+        "dice_per_patient_mean": metrics["localization"].get("dice_per_patient_mean"),
+        "dice_per_patient_median": metrics["localization"].get("dice_per_patient_median"),
+        "detection_rate": metrics["patient"].get("detection_rate"),
+        "false_positive_slices_per_patient":
+            metrics["patient"].get("false_positive_slices_per_patient"),
+        "ece": metrics["calibration"].get("ece"),
+    }
+
+
+def evaluate(settings: Settings, model_version: str, dataset_version: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Evaluate a model version on the test patients of a dataset version (default: its own)."""
+    from brain_tumor.evaluation_run import evaluate_model_version
+
+    metrics = evaluate_model_version(open_store(settings), settings, model_version,
+                                     dataset_version, progress=progress)
+    return {"model_version": model_version, "dataset_version": metrics["dataset_version"],
+            "threshold": metrics["threshold"], **headline(metrics)}

@@ -32,7 +32,7 @@ BROKEN = SynthSpec(patients=1, slices=1, size=32, seed=3, first_patient=20,
 
 @pytest.fixture(scope="session")
 def exports(synth_root: Path) -> dict[str, SynthReport]:
-    """Two tiny synthetic exports: the first with one corrupt image, the second new patients."""
+    """Tiny synthetic exports: one with a corrupt image, one of new patients, one mostly broken."""
     return {"export-001": make_export(synth_root / "dag-export-001", FIRST),
             "export-002": make_export(synth_root / "dag-export-002", SECOND),
             "export-bad": make_export(synth_root / "dag-export-bad", BROKEN)}
