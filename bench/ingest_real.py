@@ -120,7 +120,8 @@ def machine() -> dict[str, Any]:
         usable = os.cpu_count()
     return {"cpu_count": os.cpu_count(), "cpus_usable": usable, "cpu_model": model,
             "mem_total_gib": mem_gib, "os": platform.platform(),
-            "python": platform.python_version(), "python_impl": platform.python_implementation()}
+            "python": platform.python_version(), "python_impl": platform.python_implementation(),
+            "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]}
 
 
 def weed_version() -> str:
@@ -162,8 +163,23 @@ def proc_cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes of the machine spent busy so far (from /proc/stat)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+        ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Phases:
-    """Times phases: wall, this process's CPU, the server's CPU, peak RSS after each."""
+    """Times phases: wall, this process's CPU, the server's CPU, other processes' CPU, peak RSS.
+
+    ``other_cpu_s`` is the machine's busy CPU time minus this process's and the server's: work of
+    unrelated processes (tests, training) that competed for the cores; when it is not near 0 the
+    wall times are inflated.
+    """
 
     def __init__(self, figures: dict[str, Any]) -> None:
         self.figures = figures
@@ -173,17 +189,22 @@ class Phases:
     def __call__(self, name: str) -> Iterator[None]:
         log.info("phase %s ...", name)
         pid = self.server_pid
-        t0, c0, s0 = time.perf_counter(), time.process_time(), proc_cpu_s(pid)
+        t0, c0, s0, b0 = (time.perf_counter(), time.process_time(), proc_cpu_s(pid),
+                          machine_busy_s())
         try:
             yield
         finally:
-            wall, cpu, s1 = time.perf_counter() - t0, time.process_time() - c0, proc_cpu_s(pid)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            s1, b1 = proc_cpu_s(pid), machine_busy_s()
             server_cpu = round(s1 - s0, 2) if s0 is not None and s1 is not None else None
+            other = None
+            if b0 is not None and b1 is not None:
+                other = round(max(0.0, (b1 - b0) - cpu - (server_cpu or 0.0)), 2)
             self.figures["phases"][name] = {
                 "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "server_cpu_s": server_cpu,
-                "maxrss_self_mib_after": maxrss_mib(resource.RUSAGE_SELF)}
-            log.info("phase %s: %.2f s wall, %.2f s CPU here, %s s CPU in the server", name, wall,
-                     cpu, server_cpu)
+                "other_cpu_s": other, "maxrss_self_mib_after": maxrss_mib(resource.RUSAGE_SELF)}
+            log.info("phase %s: %.2f s wall, %.2f s CPU here, %s s in the server, %s s in other "
+                     "processes", name, wall, cpu, server_cpu, other)
 
 
 # --------------------------------------------------------------------------- breakdown
@@ -379,6 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "maxrss_children_mib": maxrss_mib(resource.RUSAGE_CHILDREN),
         "server_vmhwm_mib": figures.get("server", {}).get("vmhwm_mib"),
     }
+    figures["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     figures["checks"] = checks(figures, args)
     return figures
 
@@ -410,6 +432,8 @@ def render(fig: dict[str, Any]) -> str:
         f"ingest_real  {fig['date_utc']}  brain-tumor {fig['code_version']}  mode={fig['mode']}",
         f"machine      {m['cpu_count']} CPU(s) ({m['cpus_usable']} usable), {m['cpu_model']}, "
         f"{m['mem_total_gib']} GiB RAM, Python {m['python']}, {m['os']}",
+        f"load         1/5/15-min load average {m['loadavg_at_start']} at start, "
+        f"{m.get('loadavg_at_end')} at end (other work on the machine inflates wall times)",
         f"server       SeaweedFS {fig.get('server', {}).get('weed', '?')} at "
         f"{fig.get('server', {}).get('endpoint', '?')}, io_workers="
         f"{fig.get('settings', {}).get('io_workers')}",
@@ -434,8 +458,8 @@ def render(fig: dict[str, Any]) -> str:
     for name, s in fig.get("splits", {}).items():
         lines.append(f"{name:8}{s['patients']:>10}{s['slices']:>10}{s['tumor_slices']:>10}")
     lines.append("")
-    lines.append(f"{'phase':36}{'wall s':>9}{'CPU s':>9}{'srv CPU':>9}{'RSS MiB':>9}"
-                 "  (CPU s: this process; srv CPU: SeaweedFS server)")
+    lines.append(f"{'phase':34}{'wall s':>9}{'CPU s':>9}{'srv CPU':>9}{'other':>9}{'RSS MiB':>9}"
+                 "  (CPU s: this process; srv: SeaweedFS; other: other processes)")
     for name, p in ph.items():
         extra = ""
         if name == "ingest":
@@ -444,7 +468,8 @@ def render(fig: dict[str, Any]) -> str:
         elif name == "upload":
             extra = f"  {p['mib_per_s']} MiB/s, {p['files']} file(s)"
         srv = "" if p["server_cpu_s"] is None else f"{p['server_cpu_s']:.2f}"
-        lines.append(f"{name:36}{p['wall_s']:>9.2f}{p['cpu_s']:>9.2f}{srv:>9}"
+        other = "" if p["other_cpu_s"] is None else f"{p['other_cpu_s']:.2f}"
+        lines.append(f"{name:34}{p['wall_s']:>9.2f}{p['cpu_s']:>9.2f}{srv:>9}{other:>9}"
                      f"{p['maxrss_self_mib_after']:>9.0f}{extra}")
     re = fig.get("reingest", {})
     lines.append(f"reingest     version {re.get('dataset_version')}, already_ingested "
@@ -485,11 +510,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and upload the folder, one object per file; a folder is always uploaded "
                         "as a folder")
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
-    p.add_argument("--export-id", help="export id (default: the archive or folder name)")
+    p.add_argument("--export-id", help="export id; default: the archive or folder name")
     p.add_argument("--io-workers", type=int, default=8,
                    help="settings.io_workers: threads for S3 reads and writes")
     p.add_argument("--workdir", help="parent of the temporary folder (server data, unpacked "
-                                     "export); default: the system temp folder")
+                                     "export); default: the system temp folder ($TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--port", type=int, default=0, help="S3 port (0: a free one)")
     p.add_argument("--port-base", type=int, default=31000,
@@ -500,9 +525,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="OUT.prof",
                    help="run the first ingest under cProfile (main thread only) and dump stats")
     p.add_argument("--progress", action="store_true", help="show tqdm progress bars")
-    p.add_argument("--expect-patients", type=int, default=EXPECTED["patients"])
-    p.add_argument("--expect-slices", type=int, default=EXPECTED["slices"])
-    p.add_argument("--expect-tumor-slices", type=int, default=EXPECTED["tumor_slices"])
+    p.add_argument("--expect-patients", type=int, default=EXPECTED["patients"],
+                   help="patients the dataset must hold (the dev81 archive's)")
+    p.add_argument("--expect-slices", type=int, default=EXPECTED["slices"],
+                   help="slices the dataset must hold")
+    p.add_argument("--expect-tumor-slices", type=int, default=EXPECTED["tumor_slices"],
+                   help="slices with a tumor pixel the dataset must hold")
     p.add_argument("--no-expect", action="store_true",
                    help="do not check the counts (for another data set); quarantined must still be 0")
     p.add_argument("--max-quarantine-shown", type=int, default=20,

@@ -132,6 +132,7 @@ def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
 def _use_backend(settings: Settings) -> None:
     """Select the Keras backend before Keras is imported (settings decide unless env does)."""
     os.environ.setdefault("KERAS_BACKEND", settings.keras_backend)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

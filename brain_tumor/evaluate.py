@@ -72,7 +72,7 @@ class Predictions:
 
 
 def threshold_from_validation(val: Predictions, rule: str = "youden") -> float:
-    """Decision threshold chosen on VALIDATION labels/probabilities only (metrics.choose_threshold)."""
+    """Decision threshold chosen on VALIDATION labels and probabilities only (choose_threshold)."""
     t = m.choose_threshold(val.y_true, val.prob, rule=rule)
     logger.info("threshold %.4f chosen on %d validation slices (%s)", t, len(val), rule)
     return t
@@ -183,9 +183,13 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The schema-valid ``metrics`` record of `test` at a threshold chosen elsewhere (validation)."""
+    """The schema-valid ``metrics`` record of `test` at a threshold chosen elsewhere (validation).
+
+    Test labels are never used to choose or adjust `threshold`; get it from
+    ``threshold_from_validation`` (threshold_source='test' is refused).
+    """
     if threshold_source.strip().lower() == "test":
-        raise ValueError("the threshold must not be chosen on test labels (threshold_source='test')")
+        raise ValueError("the threshold must not be chosen on test labels (source 'test')")
     threshold = float(threshold)
     pairs = _mask_pairs(test)
     pred = test.pred_label(threshold)

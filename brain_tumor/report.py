@@ -20,7 +20,9 @@ INTENDED_USE = "Research/triage support; not a diagnostic device."
 PLOTS = ("roc", "pr", "confusion", "calibration", "slices")
 
 
-def _save(fig: Any, path: Path, plt: Any) -> Path:
+def _save(fig: Any, path: Path, plt: Any, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.text(0.5, 0.005, CAPTION, ha="center", va="bottom", fontsize=8, color="dimgray")
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -30,9 +32,7 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
 def _fmt(x: Any) -> str:
     if x is None:
         return "n/a"
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, int):
+    if isinstance(x, int):  # bool too
         return str(x)
     try:
         return f"{float(x):.3f}"
@@ -163,7 +163,7 @@ def _slices(test: Predictions, threshold: float, images: np.ndarray | None, out_
     fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=8)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=1 - 0.8 / fig.get_figheight(),
                         wspace=0.05, hspace=0.35)
-    return _save(fig, out_dir / "slices.png", plt)
+    return _save(fig, out_dir / "slices.png", plt, tight=False)
 
 
 def write_plots(metrics: dict, test: Predictions, out_dir: Path, images: np.ndarray | None = None,
@@ -256,7 +256,7 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         "are not measured.",
         "- One sequence set (pre-contrast, FLAIR, post-contrast) from a few TCIA institutions; "
         "other scanners, protocols and tumor types are untested.",
-        "- Labels come from FLAIR abnormality masks; slice-level labels follow from any mask pixel.",
+        "- Labels come from FLAIR abnormality masks; a slice is positive if any pixel is set.",
         "- Probabilities are not guaranteed to be calibrated; see the reliability diagram and "
         "do not read them as risks.",
     ]

@@ -115,3 +115,45 @@ def store(settings: Settings) -> ObjectStore:
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder for synthetic exports shared by the session (write-once, by spec)."""
     return tmp_path_factory.mktemp("synth")
+
+
+#: training settings small enough for two CPU cores: one tiny model per session
+TINY_TRAINING = {
+    "backbone": "tiny", "image_size": 32, "batch_size": 16, "epochs": 6, "seg_epochs": 6,
+    "seg_depth": 2, "seg_base_filters": 8, "learning_rate": 3e-3, "seg_learning_rate": 3e-3,
+    "warmup_epochs": 0, "bootstrap_samples": 50, "io_workers": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def trained(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny model version trained once per session on a synthetic dataset version.
+
+    Returns (settings, model record). Tests read from its bucket and never write to it.
+    """
+    from brain_tumor import steps
+    from brain_tumor.exports import upload_export
+    from brain_tumor.synth import SynthSpec, make_export
+
+    home = tmp_path_factory.mktemp("trained-home")
+    settings = load_settings(env={}, s3_endpoint_url=moto_endpoint, s3_bucket="trained-session",
+                             home=home, **TINY_TRAINING)
+    root = make_export(home / "export", SynthSpec(patients=10, slices=6, size=32, seed=3,
+                                                  tumor_free_patients=1)).root
+    upload_export(steps.open_store(settings), settings, root, export_id="e1")
+    steps.ingest(settings, ["e1"])
+    steps.split(settings)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    record = steps.train(settings, verbose=0)
+    return settings, record
+
+
+@pytest.fixture(scope="session")
+def evaluated(trained):
+    """The session model evaluated once on its own dataset's test patients: (settings, record, metrics)."""
+    from brain_tumor import steps
+    from brain_tumor.evaluation_run import evaluate_model_version
+
+    settings, record = trained
+    metrics = evaluate_model_version(steps.open_store(settings), settings, record["model_version"])
+    return settings, record, metrics
