@@ -2,8 +2,8 @@
 # Needs only Python 3.11 (python3.11 or python3 on PATH) and access to PyPI.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${BRAIN_TUMOR_VENV:-$REPO/.venv}"
-EXTRAS="${BRAIN_TUMOR_EXTRAS:-dev}"
+VENV="${BT_VENV:-$REPO/.venv}"
+EXTRAS="${BT_EXTRAS:-dev}"
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3; do

@@ -25,7 +25,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def pytest_configure(config: pytest.Config) -> None:
     """Point Airflow at a throw-away home on SQLite before anything imports it."""
-    home = Path(os.environ.get("BRAIN_TUMOR_TEST_AIRFLOW_HOME", REPO / "test-output" / "airflow"))
+    home = Path(os.environ.get("BT_TEST_AIRFLOW_HOME", REPO / "test-output" / "airflow"))
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRFLOW_HOME", str(home))
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
@@ -36,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
     # keep the developer's own BRAIN_TUMOR_* settings out of the tests
     for name in list(os.environ):
-        if name.startswith("BRAIN_TUMOR_") and name != "BRAIN_TUMOR_TEST_AIRFLOW_HOME":
+        if name.startswith("BRAIN_TUMOR_"):
             del os.environ[name]
 
 

@@ -1,0 +1,234 @@
+"""Quality benchmark on the real LGG data: ingest, split by patient, train, evaluate on test patients.
+
+Profiles:
+  cpu  ResNet50 from scratch + U-Net at 128x128, sized to finish in under an hour on 2 CPU cores.
+       It runs through the real pipeline (SeaweedFS on loopback, dataset version, model version),
+       and leaves the server's data under --home, so the scoring benchmark can reuse the model:
+       `--home H` and the printed model version.
+  gpu  256x256, longer schedules; runs from a local array cache (`export-cache` writes it from a
+       finished dataset version) with KERAS_BACKEND=jax, without S3, on a GPU machine.
+
+  python bench/quality.py run DATA [--profile cpu] [--home DIR] [--json OUT]
+  python bench/quality.py export-cache --home DIR --out cache.npz [--size 256]
+  KERAS_BACKEND=jax python bench/quality.py run-cache cache.npz [--profile gpu] [--json OUT]
+
+DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROFILES: dict[str, dict] = {
+    "cpu": {"image_size": 128, "backbone": "resnet50", "batch_size": 32, "epochs": 10,
+            "seg_epochs": 12, "seg_base_filters": 16, "seg_depth": 4, "learning_rate": 1e-3,
+            "seg_learning_rate": 1e-3, "warmup_epochs": 1, "early_stopping_patience": 4,
+            "reduce_lr_patience": 2, "bootstrap_samples": 1000},
+    "gpu": {"image_size": 256, "backbone": "resnet50", "batch_size": 32, "epochs": 40,
+            "seg_epochs": 60, "seg_base_filters": 32, "seg_depth": 4, "learning_rate": 1e-3,
+            "seg_learning_rate": 1e-3, "warmup_epochs": 2, "early_stopping_patience": 8,
+            "reduce_lr_patience": 3, "bootstrap_samples": 1000},
+}
+
+
+def machine() -> dict:
+    """What ran the benchmark."""
+    model = "unknown"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process, GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _server(home: Path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from brain_tumor.embedded_s3 import EmbeddedS3
+
+    return EmbeddedS3(home / "s3", port=int(os.environ.get("BENCH_S3_PORT", "18933")),
+                      port_base=int(os.environ.get("BENCH_S3_PORT_BASE", "25000")))
+
+
+def _settings(server, home: Path, profile: str):
+    from brain_tumor.settings import load_settings
+
+    return load_settings(env={}, s3_endpoint_url=server.endpoint, s3_bucket=server.bucket,
+                         home=home, **PROFILES[profile])
+
+
+def cmd_run(args: argparse.Namespace) -> dict:
+    """The whole pipeline through S3."""
+    from brain_tumor import steps
+    from brain_tumor.data import load_arrays
+    from brain_tumor.exports import list_exports, split_archive_name, upload_export
+    from brain_tumor.modelstore import ModelStore
+    from brain_tumor.predict import load_model_version, predict_batch
+
+    home = Path(args.home).resolve()
+    server = _server(home)
+    server.start()
+    settings = _settings(server, home, args.profile)
+    store = steps.open_store(settings)
+    data = Path(args.data)
+    parsed = split_archive_name(data.name)
+    export_id = parsed[0] if parsed else data.name
+    t = {}
+    start = time.perf_counter()
+    if export_id not in list_exports(store, settings):
+        upload_export(store, settings, data, export_id)
+    t["upload_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    version = steps.ingest(settings, [export_id])["dataset_version"]
+    t["ingest_s"] = time.perf_counter() - start
+    split = steps.split(settings, version)
+    start = time.perf_counter()
+    record = steps.train(settings, version, verbose=2)
+    t["train_s"] = time.perf_counter() - start
+    history = json.loads(store.get(ModelStore(store, settings).key(record["model_version"],
+                                                                   "history.json")))
+    start = time.perf_counter()
+    result = steps.evaluate(settings, record["model_version"], version)
+    t["evaluate_s"] = time.perf_counter() - start
+    metrics = ModelStore(store, settings).evaluation(record["model_version"], version)
+    test = load_arrays(store, settings, version, settings.image_size).subset("test")
+    model = load_model_version(store, settings, record["model_version"])
+    start = time.perf_counter()
+    predict_batch(model, test.images.astype("float32"), settings.batch_size)
+    infer_s = time.perf_counter() - start
+    epochs = {k: len(v.get("loss", [])) for k, v in history.items()}
+    return {
+        "profile": args.profile, "settings": PROFILES[args.profile], "machine": machine(),
+        "home": str(home), "dataset_version": version, "model_version": record["model_version"],
+        "split": split["splits"], "timings_s": {k: round(v, 1) for k, v in t.items()},
+        "epochs_run": epochs,
+        "train_images_per_s": round(record["train_slices"] * (epochs["classifier"]
+                                    + epochs["segmenter"]) / t["train_s"], 2),
+        "inference_images_per_s": round(len(test) / infer_s, 2),
+        "peak_rss_gb": round(peak_rss_gb(), 2), "headline": result, "metrics": metrics,
+        "best_epochs": record["best_epochs"], "threshold": record["threshold"],
+    }
+
+
+def cmd_export_cache(args: argparse.Namespace) -> dict:
+    """Write the decoded arrays of a finished dataset version to one .npz (for the GPU profile)."""
+    import numpy as np
+
+    from brain_tumor import steps
+    from brain_tumor.data import load_arrays
+    from brain_tumor.datasets import DatasetStore
+
+    home = Path(args.home).resolve()
+    server = _server(home)
+    server.start()
+    settings = _settings(server, home, "gpu")
+    store = steps.open_store(settings)
+    version = DatasetStore(store, settings).resolve(args.dataset_version)
+    arrays = load_arrays(store, settings, version, args.size, progress=True)
+    np.savez_compressed(args.out, images=arrays.images, masks=arrays.masks, labels=arrays.labels,
+                        patient_ids=arrays.patient_ids, splits=arrays.splits,
+                        slice_index=arrays.slice_index, dataset_version=version)
+    return {"out": args.out, "slices": len(arrays), "bytes": Path(args.out).stat().st_size}
+
+
+def cmd_run_cache(args: argparse.Namespace) -> dict:
+    """Train and evaluate from an array cache, without S3 (GPU machines with JAX only)."""
+    import numpy as np
+
+    from brain_tumor.data import ArrayDataset
+    from brain_tumor.evaluate import Predictions, evaluate
+    from brain_tumor.metrics import choose_threshold
+    from brain_tumor.predict import native_mask
+    from brain_tumor.settings import load_settings
+    from brain_tumor.train import train_classifier, train_segmenter
+
+    z = np.load(args.cache)
+    arrays = ArrayDataset(images=z["images"], masks=z["masks"], labels=z["labels"],
+                          patient_ids=z["patient_ids"], slice_index=z["slice_index"],
+                          splits=z["splits"], mask_keys=z["patient_ids"],
+                          image_keys=z["patient_ids"])
+    settings = load_settings(env={}, keras_backend=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                             **{**PROFILES[args.profile],
+                                "image_size": int(z["images"].shape[1])})
+    import keras
+
+    keras.utils.set_random_seed(settings.train_seed)
+    train, val, test = (arrays.subset(s) for s in ("train", "val", "test"))
+    t = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        clf, c_hist = train_classifier((train, val), settings, Path(tmp), verbose=2)
+        seg, s_hist = train_segmenter((train, val), settings, Path(tmp), verbose=2)
+        t["train_s"] = time.perf_counter() - start
+    val_prob = clf.predict(val.images.astype("float32"), verbose=0).reshape(-1)
+    threshold = choose_threshold(val.labels, val_prob, settings.threshold_rule)
+    start = time.perf_counter()
+    prob = clf.predict(test.images.astype("float32"), verbose=0).reshape(-1)
+    maps = seg.predict(test.images.astype("float32"), verbose=0)[..., 0]
+    t["inference_s"] = time.perf_counter() - start
+    label = prob >= threshold
+    size = test.masks.shape[1]
+    pred_masks = [native_mask(maps[i], size, size, settings.mask_threshold) & bool(label[i])
+                  for i in range(len(test))]
+    preds = Predictions(test.patient_ids, test.labels, prob, list(test.masks.astype(bool)),
+                        pred_masks, test.slice_index)
+    metrics = evaluate(preds, threshold, model_version="bench-cache",
+                       dataset_version=str(z["dataset_version"]),
+                       n_boot=settings.bootstrap_samples)
+    epochs = len(c_hist.get("loss", [])) + len(s_hist.get("loss", []))
+    return {"profile": args.profile, "settings": PROFILES[args.profile], "machine": machine(),
+            "timings_s": t, "train_images_per_s": round(len(train) * epochs / t["train_s"], 2),
+            "inference_images_per_s": round(len(test) / t["inference_s"], 2),
+            "peak_rss_gb": round(peak_rss_gb(), 2), "metrics": metrics}
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="the whole pipeline through S3")
+    p.add_argument("data", help="LGG archive or unpacked kaggle_3m folder")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    p.add_argument("--home", default="bench/results/quality-home",
+                   help="server data, caches (kept for the scoring benchmark)")
+    p.add_argument("--json", help="also write the figures here")
+    p = sub.add_parser("export-cache", help="arrays of a dataset version -> .npz")
+    p.add_argument("--home", default="bench/results/quality-home")
+    p.add_argument("--dataset-version")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("run-cache", help="train + evaluate from an .npz cache, no S3")
+    p.add_argument("cache")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
+    p.add_argument("--json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    fn = {"run": cmd_run, "export-cache": cmd_export_cache, "run-cache": cmd_run_cache}[args.cmd]
+    result = fn(args)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if getattr(args, "json", None):
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
