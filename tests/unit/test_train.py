@@ -118,3 +118,26 @@ def test_trains_under_the_jax_backend(trained, tmp_path):
              "import brain_tumor.data, brain_tumor.models, brain_tumor.train; "
              "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", check], env=env, check=False).returncode == 0
+
+
+def test_pretrained_weights_train_in_two_phases(trained, tmp_path):
+    """With a weights file: frozen-backbone phase, then fine-tuning of the top stage."""
+    import keras
+
+    from brain_tumor.models.classifier import build_classifier, get_backbone
+
+    settings, record = trained
+    weights = tmp_path / "resnet50.weights.h5"
+    get_backbone(build_classifier(32, None, "resnet50")).save_weights(str(weights))
+    tuned = settings.model_copy(update={
+        "backbone": "resnet50", "weights": str(weights), "epochs": 1, "fine_tune_epochs": 1,
+        "seg_epochs": 1, "max_train_slices": 16, "batch_size": 8, "home": tmp_path / "home"})
+    made = steps.train(tuned, record["dataset_version"], verbose=0)
+    store = steps.open_store(settings)
+    models = ModelStore(store, settings)
+    keys = {o.key.rsplit("/", 1)[1] for o in store.list(models.key(made["model_version"]) + "/")}
+    assert "classifier_finetune_history.csv" in keys
+    history = json.loads(store.get(models.key(made["model_version"], "history.json")))
+    assert len(history["classifier"]["loss"]) == 2  # one frozen epoch + one fine-tuning epoch
+    clf = keras.saving.load_model(models.fetch(made["model_version"]) / "classifier.keras")
+    assert clf.get_layer("preprocess").__class__.__name__ == "CaffePreprocessing"

@@ -1,0 +1,64 @@
+"""The command line: every command explains itself; failures exit non-zero with the reason."""
+
+import json
+
+import pytest
+
+from brain_tumor.cli import build_parser, main
+from brain_tumor.settings import settings_to_env
+
+COMMANDS = ["storage", "synth", "upload", "exports", "ingest", "split", "train", "evaluate",
+            "models", "datasets", "demo", "settings", "schemas"]
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in text
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        sub = capsys.readouterr().out
+        assert "usage: brain-tumor " + name in sub and len(sub) > 120, name
+    assert set(COMMANDS) == set(build_parser()._subparsers._group_actions[0].choices)
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    for key, value in settings_to_env(settings).items():
+        monkeypatch.setenv(key, value)
+    return settings
+
+
+def test_synth_upload_ingest_split_from_the_cli(cli_env, tmp_path, capsys):
+    out = tmp_path / "e1"
+    assert main(["synth", str(out), "--patients", "5", "--slices", "3", "--size", "32",
+                 "--bad", "uint16"]) == 0
+    assert main(["upload", str(out)]) == 0
+    assert main(["--json", "exports", "--new"]) == 0
+    capsys.readouterr()
+    assert main(["--json", "ingest", "--new"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["exports"][0]["quarantine"][0]["reason"] == "not_uint8"
+    assert main(["split"]) == 0
+    text = capsys.readouterr().out
+    assert "train" in text and "tumor slices" in text
+    assert main(["--json", "datasets"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["patients"] == 5
+
+
+def test_failures_exit_non_zero_with_the_reason(cli_env, tmp_path, capsys):
+    assert main(["ingest", "missing-export"]) == 1
+    assert "export 'missing-export' not found" in capsys.readouterr().err
+    assert main(["split"]) == 1
+    assert "no dataset version yet" in capsys.readouterr().err
+    assert main(["upload", str(tmp_path / "nope")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_bad_settings_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("BRAIN_TUMOR_IMAGE_SIZE", "tiny")
+    assert main(["settings"]) == 2
+    assert "image_size" in capsys.readouterr().err
