@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,6 +218,8 @@ class Breakdown:
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
         self.lock = threading.Lock()
         self.patched: list[tuple[Any, str, Any]] = []
 
@@ -230,10 +232,12 @@ class Breakdown:
             try:
                 return original(*args, **kwargs)
             finally:
-                dt = time.perf_counter() - t0
+                t1 = time.perf_counter()
                 with self.lock:
-                    self.total[label] += dt
+                    self.total[label] += t1 - t0
                     self.calls[label] += 1
+                    self.first.setdefault(label, t0)
+                    self.last[label] = t1
 
         setattr(owner, attr, timed)
         self.patched.append((owner, attr, original))
@@ -248,7 +252,7 @@ class Breakdown:
         self.wrap(ingest._Worker, "__call__", "worker per pair (threads, summed)")
         self.wrap(storage.ObjectStore, "get", "  S3 get (threads)")
         self.wrap(ingest, "check_slice", "  decode + relabel (threads)")
-        self.wrap(storage.ObjectStore, "put_new", "  S3 put_new blob (threads)")
+        self.wrap(storage.ObjectStore, "put_new", "  S3 put_new (blobs, + 2 JSON)")
         self.wrap(ingest, "enforce_sizes", "enforce_sizes")
         self.wrap(ingest, "merge_manifest", "merge_manifest")
         self.wrap(ingest, "version_id", "version_id")
@@ -261,7 +265,10 @@ class Breakdown:
         self.patched.clear()
 
     def report(self) -> dict[str, dict[str, float]]:
-        return {k: {"s": round(v, 3), "calls": self.calls[k]} for k, v in self.total.items()}
+        """Per function: summed seconds, calls, and span (first call's start to last's end)."""
+        return {k: {"s": round(v, 3), "calls": self.calls[k],
+                    "span_s": round(self.last[k] - self.first[k], 3)}
+                for k, v in self.total.items()}
 
 
 # --------------------------------------------------------------------------- the run
@@ -381,9 +388,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # --- (c) split
         with phase("split"):
             split = steps.split(settings)
-        figures["splits"] = {r["split"]: {"patients": int(r["patients"]), "slices": int(r["slices"]),
-                                          "tumor_slices": int(r["tumor_slices"])}
-                             for r in split["splits"]}
+        figures["splits"] = {
+            r["split"]: {"patients": int(r["patients"]), "slices": int(r["slices"]),
+                         "tumor_slices": int(r["tumor_slices"])}
+            for r in split["splits"]}
         figures["split_written"] = split["written"]
         if server_pid:
             figures["server"]["vmhwm_mib"] = proc_status_mib(server_pid, "VmHWM")
@@ -417,7 +425,8 @@ def checks(fig: dict[str, Any], args: argparse.Namespace) -> dict[str, bool]:
     out["quarantined == 0"] = counts.get("quarantined") == 0
     again = fig.get("reingest", {})
     out["reingest is a no-op (same version, already_ingested)"] = bool(
-        again.get("already_ingested") and again.get("dataset_version") == fig.get("dataset_version"))
+        again.get("already_ingested")
+        and again.get("dataset_version") == fig.get("dataset_version"))
     splits = fig.get("splits", {})
     for k in ("patients", "slices", "tumor_slices"):
         out[f"splits add up to {k}"] = sum(s[k] for s in splits.values()) == counts.get(k)
@@ -445,9 +454,9 @@ def render(fig: dict[str, Any]) -> str:
         f"dataset      {fig.get('dataset_version')}",
     ]
     c = fig.get("counts", {})
-    lines.append(f"counts       patients {c.get('patients')}, slices {c.get('slices')}, tumor slices "
-                 f"{c.get('tumor_slices')}, quarantined {c.get('quarantined')}, changed "
-                 f"{c.get('changed')}")
+    lines.append(f"counts       patients {c.get('patients')}, slices {c.get('slices')}, "
+                 f"tumor slices {c.get('tumor_slices')}, quarantined {c.get('quarantined')}, "
+                 f"changed {c.get('changed')}")
     r = fig.get("ingest_result", {})
     lines.append(f"ingest       files {r.get('files')}, pairs {r.get('slices')}, accepted "
                  f"{r.get('accepted')}, quarantined {r.get('quarantined')}, added {r.get('added')}")
@@ -463,8 +472,9 @@ def render(fig: dict[str, Any]) -> str:
     for name, p in ph.items():
         extra = ""
         if name == "ingest":
+            verdict = "under" if p["under_target"] else "OVER"
             extra = (f"  {p['slices_per_s']} slices/s, "
-                     f"{'under' if p['under_target'] else 'OVER'} the {TARGET_INGEST_S:.0f} s target")
+                     f"{verdict} the {TARGET_INGEST_S:.0f} s target")
         elif name == "upload":
             extra = f"  {p['mib_per_s']} MiB/s, {p['files']} file(s)"
         srv = "" if p["server_cpu_s"] is None else f"{p['server_cpu_s']:.2f}"
@@ -476,10 +486,11 @@ def render(fig: dict[str, Any]) -> str:
                  f"{re.get('already_ingested')}")
     if fig.get("ingest_breakdown"):
         lines.append("")
-        lines.append("ingest breakdown (time inside each function; thread times are summed, so "
-                     "they can exceed the wall time):")
+        lines.append("ingest breakdown (s: time inside each function, summed over threads, so it "
+                     "can exceed the wall time; span: first call's start to last call's end):")
         for k, v in fig["ingest_breakdown"].items():
-            lines.append(f"  {k:48}{v['s']:>9.2f} s  {v['calls']:>6} call(s)")
+            lines.append(f"  {k:46}{v['s']:>9.2f} s {v['calls']:>6} call(s)  span "
+                         f"{v['span_s']:>7.2f} s")
     mem = fig["memory"]
     lines.append("")
     lines.append(f"peak memory  this process {mem['maxrss_self_mib']} MiB (RUSAGE_SELF maxrss); "
@@ -532,7 +543,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--expect-tumor-slices", type=int, default=EXPECTED["tumor_slices"],
                    help="slices with a tumor pixel the dataset must hold")
     p.add_argument("--no-expect", action="store_true",
-                   help="do not check the counts (for another data set); quarantined must still be 0")
+                   help="do not check the counts (for another data set); quarantined must "
+                        "still be 0")
     p.add_argument("--max-quarantine-shown", type=int, default=20,
                    help="quarantined files listed in the output")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -542,9 +554,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("brain_tumor").setLevel(
-        logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    logging.getLogger("brain_tumor").setLevel(levels.get(args.verbose, logging.DEBUG))
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     figures = run(args)

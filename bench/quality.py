@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 PROFILES: dict[str, dict] = {
-    "cpu": {"image_size": 128, "backbone": "resnet50", "batch_size": 32, "epochs": 10,
-            "seg_epochs": 12, "seg_base_filters": 16, "seg_depth": 4, "learning_rate": 1e-3,
+    "cpu": {"image_size": 128, "backbone": "resnet50", "batch_size": 32, "epochs": 12,
+            "seg_epochs": 10, "seg_base_filters": 16, "seg_depth": 4, "learning_rate": 1e-3,
             "seg_learning_rate": 1e-3, "warmup_epochs": 1, "early_stopping_patience": 4,
             "reduce_lr_patience": 2, "bootstrap_samples": 1000},
     "gpu": {"image_size": 256, "backbone": "resnet50", "batch_size": 32, "epochs": 40,

@@ -158,7 +158,7 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("patient", "dict", "detection_rate, false_positive_slices_per_patient"),
                Col("intervals", "dict", "95% bootstrap intervals over patients"),
            ), table=False),
-    Schema("gate_result", "models/<model_version>/gate.json",
+    Schema("gate_result", "models/<model_version>/gate/<dataset_version>.json",
            "Every check of a candidate with its value, bound and outcome.", (
                Col("model_version", "str", ""),
                Col("champion_version", "str", "", nullable=True),

@@ -102,6 +102,31 @@ class Settings(BaseModel):
         "youden", description="How the classifier threshold is chosen on validation patients.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for 95% intervals.")
 
+    # --- where training runs (retraining DAG) ---
+    trainer: Literal["local", "docker"] = Field(
+        "local", description="local: `brain-tumor train` as a process on the worker (embedded "
+                             "default); docker: the trainer image through DockerOperator.")
+    trainer_image: str = Field("brain-tumor-trainer:cpu-latest", description="Trainer image.")
+    docker_url: str = Field("unix://var/run/docker.sock", description="Docker engine of the "
+                                                                      "GPU host.")
+    docker_gpus: int = Field(-1, ge=-1, description="GPUs to request (-1 all, 0 none).")
+    docker_network_mode: str = Field("host", description="Container network (S3 must be "
+                                                         "reachable from it).")
+    docker_mounts: str = Field("", description="Comma-separated host:container[:ro] binds.")
+    train_pool: str = Field("brain_tumor_gpu", description="Airflow pool sized to the GPUs.")
+    s3_conn_id: str | None = Field(
+        None, description="Airflow connection (type aws) whose login, password and extra "
+                          "endpoint_url replace the S3 settings for the trainer container.")
+
+    # --- promotion gate ---
+    gate_min_sensitivity: float = Field(0.80, ge=0, le=1, description="Slice sensitivity floor.")
+    gate_min_roc_auc: float = Field(0.85, ge=0, le=1, description="Slice ROC-AUC floor.")
+    gate_min_dice: float = Field(0.50, ge=0, le=1, description="Per-patient Dice (mean) floor.")
+    gate_max_fp_per_patient: float | None = Field(
+        None, ge=0, description="Ceiling on false-positive slices per patient; unset: no check.")
+    gate_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Allowed drop against the champion on the same patients.")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         total = self.split_train + self.split_val + self.split_test
@@ -156,7 +181,8 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
         values[field] = raw
     if values.get("s3_endpoint_url", None) == "":
         values["s3_endpoint_url"] = None  # type: ignore[assignment]
-    for optional in ("expected_slice_size", "weights", "max_train_slices"):
+    for optional in ("expected_slice_size", "weights", "max_train_slices",
+                     "gate_max_fp_per_patient", "s3_conn_id"):
         if values.get(optional, None) == "":
             values[optional] = None  # type: ignore[assignment]
     return values

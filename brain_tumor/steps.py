@@ -100,3 +100,62 @@ def evaluate(settings: Settings, model_version: str, dataset_version: str | None
                                      dataset_version, progress=progress)
     return {"model_version": model_version, "dataset_version": metrics["dataset_version"],
             "threshold": metrics["threshold"], **headline(metrics)}
+
+
+def expected_model_version(settings: Settings, dataset_version: str) -> str:
+    """The model version that training these settings on the dataset version publishes."""
+    from brain_tumor.modelstore import ModelStore, ModelNotFound
+    from brain_tumor.train import model_version_id
+
+    version = model_version_id(dataset_version, settings)
+    if not ModelStore(open_store(settings), settings).exists(version):
+        raise ModelNotFound(f"training did not publish model version {version} for dataset "
+                            f"{dataset_version} (check the train task's log)")
+    return version
+
+
+def champion(settings: Settings) -> str | None:
+    """The current champion model version (None before the first promotion)."""
+    from brain_tumor.registry import Registry
+
+    return Registry(open_store(settings), settings).champion()
+
+
+def gate(settings: Settings, candidate: str, dataset_version: str,
+         champion_version: str | None) -> dict[str, Any]:
+    """Gate a candidate: floors, and no regression against the champion re-evaluated on the
+    candidate's test patients. Stores models/<candidate>/gate.json; returns the result."""
+    from brain_tumor.gate import GateConfig, explain, run_gate
+    from brain_tumor.modelstore import ModelStore
+    from brain_tumor.schemas import validate_record
+
+    cand = evaluate(settings, candidate, dataset_version)
+    champ = evaluate(settings, champion_version, dataset_version) if champion_version else None
+    strip = ("model_version", "dataset_version", "threshold")
+    result = run_gate({k: v for k, v in cand.items() if k not in strip},
+                      None if champ is None else {k: v for k, v in champ.items() if k not in strip},
+                      GateConfig.from_settings(settings), model_version=candidate,
+                      champion_version=champion_version)
+    result.update(dataset_version=dataset_version, explanation=explain(result),
+                  candidate_metrics=cand, champion_metrics=champ)
+    store = open_store(settings)
+    key = ModelStore(store, settings).key(candidate, "gate", f"{dataset_version}.json")
+    if not store.put_json(key, validate_record("gate_result", result), new=True):
+        log.info("gate result %s exists already (re-run); keeping the first", key)
+    log.info("gate for %s: %s", candidate, result["explanation"])
+    return result
+
+
+def decide(settings: Settings, gate_result: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    """Promote a candidate that passed the gate, else record its rejection; returns the event."""
+    from brain_tumor.registry import Registry
+
+    registry = Registry(open_store(settings), settings)
+    candidate = gate_result["model_version"]
+    metrics = gate_result.get("candidate_metrics")
+    if gate_result["passed"]:
+        return registry.promote(candidate, reason="passed the gate: " + gate_result["explanation"],
+                                metrics=metrics, dataset_version=gate_result["dataset_version"],
+                                run_id=run_id, expected_champion=gate_result["champion_version"])
+    return registry.reject(candidate, reason=gate_result["explanation"], metrics=metrics,
+                           dataset_version=gate_result["dataset_version"], run_id=run_id)

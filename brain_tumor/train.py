@@ -39,6 +39,11 @@ TRAINING_FIELDS = (
 )
 
 
+#: the classifier keeps the epoch with the best validation ROC-AUC (ranking is what the threshold
+#: and the gate use; its validation loss is noisy while BatchNorm statistics settle)
+CLASSIFIER_MONITOR = ("val_auc", "max")
+
+
 def training_config(settings: Settings) -> dict[str, Any]:
     """The training settings as a plain dict."""
     return {name: getattr(settings, name) for name in TRAINING_FIELDS}
@@ -64,25 +69,27 @@ def warmup_schedule(base_lr: float, warmup_epochs: int):  # noqa: ANN201 - keras
 
 
 def make_callbacks(workdir: Path, name: str, settings: Settings, base_lr: float,
-                   monitor: str = "val_loss") -> list:
+                   monitor: str = "val_loss", mode: str = "min") -> list:
     """The callbacks of one training phase."""
     import keras
 
     return [
         keras.callbacks.LearningRateScheduler(warmup_schedule(base_lr, settings.warmup_epochs)),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5,
                                           patience=settings.reduce_lr_patience, min_lr=1e-7),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.early_stopping_patience,
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                      patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(str(workdir / f"{name}.best.weights.h5"), monitor=monitor,
-                                        save_best_only=True, save_weights_only=True),
+                                        mode=mode, save_best_only=True, save_weights_only=True),
         keras.callbacks.CSVLogger(str(workdir / f"{name}_history.csv")),
     ]
 
 
-def _best_epoch(history: dict[str, list[float]], monitor: str = "val_loss") -> int:
+def _best_epoch(history: dict[str, list[float]], monitor: str = "val_loss", mode: str = "min") -> int:
     values = history.get(monitor) or history.get("loss") or [0.0]
-    finite = [v if np.isfinite(v) else np.inf for v in values]
+    sign = 1.0 if mode == "min" else -1.0
+    finite = [sign * v if np.isfinite(v) else np.inf for v in values]
     return int(np.argmin(finite)) + 1
 
 
@@ -114,7 +121,8 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                   loss="binary_crossentropy", metrics=metrics)
     history = _fit(model, seq, val_seq, settings.epochs,
-                   make_callbacks(workdir, "classifier", settings, settings.learning_rate), verbose)
+                   make_callbacks(workdir, "classifier", settings, settings.learning_rate,
+                                  *CLASSIFIER_MONITOR), verbose)
     if pretrained and settings.fine_tune_epochs:
         log.info("classifier: fine-tuning the backbone's top stage at lr %s",
                  settings.fine_tune_learning_rate)
@@ -123,7 +131,8 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
                       loss="binary_crossentropy", metrics=metrics)
         tuned = _fit(model, seq, val_seq, settings.fine_tune_epochs,
                      make_callbacks(workdir, "classifier_finetune", settings,
-                                    settings.fine_tune_learning_rate), verbose)
+                                    settings.fine_tune_learning_rate, *CLASSIFIER_MONITOR),
+                     verbose)
         history = {k: history.get(k, []) + tuned.get(k, []) for k in set(history) | set(tuned)}
     return model, history
 
@@ -200,7 +209,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
                   "image_size": settings.image_size, "threshold": float(threshold),
                   "threshold_rule": settings.threshold_rule, "backbone": settings.backbone,
                   "keras_backend": keras.backend.backend(),
-                  "best_epochs": {"classifier": _best_epoch(c_hist),
+                  "best_epochs": {"classifier": _best_epoch(c_hist, *CLASSIFIER_MONITOR),
                                   "segmenter": _best_epoch(s_hist)},
                   "created_at": utc_now(), "code_version": code_version(),
                   "train_slices": len(train), "val_slices": len(val)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from brain_tumor.embedded_s3 import EmbeddedS3
 from brain_tumor.settings import Settings, load_settings
 from brain_tumor.storage import ObjectStore
+from support import TINY_TRAINING, free_port, ports_free
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -40,23 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[name]
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ports_free(base: int) -> bool:
-    for port in [*range(base, base + 7), *range(base + 10000, base + 10007)]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto S3 server on loopback for the whole session."""
@@ -73,7 +56,7 @@ def moto_endpoint() -> Iterator[str]:
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     """A real SeaweedFS server (the embedded default) on free loopback ports."""
     rng = random.Random()
-    base = next((b for b in (rng.randrange(30000, 40000) for _ in range(50)) if _ports_free(b)),
+    base = next((b for b in (rng.randrange(30000, 40000) for _ in range(50)) if ports_free(b)),
                 None)
     if base is None:
         pytest.fail("no free port range for SeaweedFS")
@@ -115,14 +98,6 @@ def store(settings: Settings) -> ObjectStore:
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder for synthetic exports shared by the session (write-once, by spec)."""
     return tmp_path_factory.mktemp("synth")
-
-
-#: training settings small enough for two CPU cores: one tiny model per session
-TINY_TRAINING = {
-    "backbone": "tiny", "image_size": 32, "batch_size": 16, "epochs": 6, "seg_epochs": 6,
-    "seg_depth": 2, "seg_base_filters": 8, "learning_rate": 3e-3, "seg_learning_rate": 3e-3,
-    "warmup_epochs": 0, "bootstrap_samples": 50, "io_workers": 4,
-}
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,9 @@ class CaffePreprocessing(layers.Layer):
         return input_shape
 
 
+SCRATCH_BN_MOMENTUM = 0.9
+
+
 def _check_weights(weights: str | os.PathLike | None, backbone: str) -> str | None:
     if weights is None:
         return None
@@ -106,6 +109,12 @@ def build_classifier(
         base = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME
         )
+    if weights is None:
+        # From scratch the weights move fast; BatchNorm's moving statistics must follow them or
+        # inference-mode outputs collapse to one class for the first epochs (0.99 lags ~100 steps).
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)

@@ -18,7 +18,8 @@ def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTen
     """Two Conv3x3-BN-ReLU layers."""
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        # momentum 0.9: moving statistics follow weights trained from scratch (see classifier)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

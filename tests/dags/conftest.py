@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from brain_tumor.settings import Settings
+from support import TINY_TRAINING
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -31,6 +32,10 @@ def airflow_db() -> None:
     if proc.returncode != 0:
         pytest.fail(f"`airflow db migrate` failed ({proc.returncode}):\n"
                     f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    proc = subprocess.run([str(AIRFLOW), "pools", "set", "brain_tumor_gpu", "1", "GPUs for training"],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    if proc.returncode != 0:
+        pytest.fail(f"`airflow pools set` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +75,8 @@ def task_settings(make_settings: Callable[..., Settings],
     """Settings with a fresh moto bucket, also put in the environment for the DAG's tasks."""
     from brain_tumor.settings import load_settings
 
-    settings = make_settings()
+    settings = make_settings(**{**TINY_TRAINING, "epochs": 12, "seg_epochs": 12, "batch_size": 8},
+                             gate_min_sensitivity=0.2, gate_min_roc_auc=0.7, gate_min_dice=0.05)
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert load_settings() == settings

@@ -22,9 +22,11 @@ from brain_tumor.storage import ObjectStore
 from brain_tumor.synth import SynthReport, SynthSpec, make_export
 
 DAG_ID = "retrain_nightly"
-TASKS = ("find_new_exports", "ingest", "split")
-FIRST = SynthSpec(patients=6, slices=4, size=32, seed=1, bad=("corrupt",))
-SECOND = SynthSpec(patients=4, slices=4, size=32, seed=2, first_patient=6)
+TASKS = ("find_new_exports", "ingest", "split", "train", "evaluate", "champion", "gate", "route",
+         "promote", "reject")
+AFTER_INGEST = TASKS[2:]
+FIRST = SynthSpec(patients=12, slices=6, size=32, seed=1, bad=("corrupt",))
+SECOND = SynthSpec(patients=4, slices=6, size=32, seed=2, first_patient=12)
 # 3 rejects among 4 items: over max_quarantine_fraction, so the ingest must fail
 BROKEN = SynthSpec(patients=1, slices=1, size=32, seed=3, first_patient=20,
                    bad=("corrupt", "truncated", "uint16"))
@@ -62,41 +64,68 @@ def datasets(settings: Settings) -> DatasetStore:
 
 def test_dag_shape(get_dag: Callable[[str], Any]) -> None:
     dag = get_dag(DAG_ID)
-    assert dag.task_ids == list(TASKS)
-    assert dag.get_task("find_new_exports").downstream_task_ids == {"ingest"}
-    assert dag.get_task("ingest").downstream_task_ids == {"split"}
+    assert sorted(dag.task_ids) == sorted(TASKS)
+    down = {t: dag.get_task(t).downstream_task_ids for t in TASKS}
+    assert down["find_new_exports"] == {"ingest"} and down["ingest"] == {"split"}
+    assert down["split"] == {"train", "evaluate"} and down["train"] == {"evaluate", "champion"}
+    assert down["evaluate"] == {"gate"} and down["champion"] == {"gate"}
+    assert down["route"] == {"promote", "reject"}
     assert type(dag.get_task("find_new_exports")).__name__ == "_ShortCircuitDecoratedOperator"
+    assert type(dag.get_task("train")).__name__ == "BashOperator"  # the embedded default
+    assert dag.get_task("train").pool == "brain_tumor_gpu"
+    assert [a.name for a in dag.get_task("promote").outlets] == ["brain_tumor_champion"]
+    assert not dag.get_task("reject").outlets
     assert dag.max_active_runs == 1
 
 
-def test_new_export_is_ingested_and_split(get_dag: Callable[[str], Any], task_settings: Settings,
-                                          exports: dict[str, SynthReport]) -> None:
+def test_first_export_trains_and_promotes_then_a_worse_model_is_rejected(
+        get_dag: Callable[[str], Any], task_settings: Settings, exports: dict[str, SynthReport],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from brain_tumor.modelstore import ModelStore
+    from brain_tumor.registry import Registry
+
     upload(task_settings, exports["export-001"], "export-001")
 
     dag_run, state, tasks = run_dag(get_dag(DAG_ID))
 
-    assert (state, tasks) == ("success", dict.fromkeys(TASKS, "success"))
-    store = datasets(task_settings)
-    version = store.head().version
-    assert version is not None
-    assert xcom(dag_run, "find_new_exports") == ["export-001"]
-    ingested = xcom(dag_run, "ingest")
-    assert ingested["dataset_version"] == version
-    assert [e["export_id"] for e in ingested["exports"]] == ["export-001"]
-    assert "quarantine" not in ingested["exports"][0]
-    assert ingested["exports"][0]["accepted"] == FIRST.patients * FIRST.slices
-    assert len(json.dumps(ingested)) < 1000
+    assert state == "success", tasks
+    assert tasks == {**dict.fromkeys(TASKS, "success"), "reject": "skipped"}
+    store = ObjectStore.from_settings(task_settings)
+    registry = Registry(store, task_settings)
+    first = xcom(dag_run, "evaluate")["model_version"]
+    assert registry.champion() == first
+    event = registry.events()[-1]
+    assert (event["action"], event["model_version"], event["run_id"]) == (
+        "promoted", first, dag_run.run_id)
+    gate = xcom(dag_run, "gate")
+    assert gate["passed"] and gate["champion_version"] is None  # the first model: floors only
+    assert {c["kind"] for c in gate["checks"]} == {"floor"}
+    version = datasets(task_settings).head().version
     assert xcom(dag_run, "split")["dataset_version"] == version
-    assert store.record(version)["exports"] == ["export-001"]
-    manifest = store.manifest(version)
-    assert len(manifest) == FIRST.patients * FIRST.slices
-    assert set(manifest["patient_id"]) == set(exports["export-001"].patients)
-    split = store.split(version)
-    assert set(split["patient_id"]) == set(exports["export-001"].patients)
-    assert set(split["split"]) <= {"train", "val", "test"}
-    quarantine = store.quarantine(version)
-    assert set(quarantine["path"]) & set(exports["export-001"].bad_files), quarantine
-    assert set(store.ledger()) == {"export-001"}
+    assert ModelStore(store, task_settings).record(first)["dataset_version"] == version
+    assert store.exists(f"models/{first}/gate/{version}.json")
+
+    # a new export and a deterministically worse training config (learning rate 0, seeded)
+    upload(task_settings, exports["export-002"], "export-002")
+    monkeypatch.setenv("BRAIN_TUMOR_LEARNING_RATE", "0")
+    monkeypatch.setenv("BRAIN_TUMOR_SEG_LEARNING_RATE", "0")
+
+    dag_run, state, tasks = run_dag(get_dag(DAG_ID))
+
+    assert state == "success", tasks
+    assert tasks == {**dict.fromkeys(TASKS, "success"), "promote": "skipped"}
+    second = xcom(dag_run, "evaluate")["model_version"]
+    assert second != first and registry.champion() == first  # the champion stays
+    gate = xcom(dag_run, "gate")
+    assert not gate["passed"] and gate["champion_version"] == first
+    failed = [c for c in gate["checks"] if not c["passed"]]
+    assert failed and any(c["kind"] == "no_regression" for c in failed)
+    event = registry.events()[-1]
+    assert (event["action"], event["model_version"]) == ("rejected", second)
+    assert event["reason"] == gate["explanation"] and "champion" in event["reason"]
+    new_version = datasets(task_settings).head().version
+    # the champion was re-evaluated on the candidate's test patients
+    assert ModelStore(store, task_settings).evaluation(first, new_version) is not None
 
 
 def test_no_new_export_skips_the_rest_and_stays_green(
@@ -110,33 +139,9 @@ def test_no_new_export_skips_the_rest_and_stays_green(
         _, state, tasks = run_dag(get_dag(DAG_ID))
 
     assert state == "success"
-    assert tasks == {"find_new_exports": "success", "ingest": "skipped", "split": "skipped"}
+    assert tasks == {"find_new_exports": "success", **dict.fromkeys(TASKS[1:], "skipped")}
     assert "no new exports" in caplog.text
     assert datasets(task_settings).head() == head
-
-
-def test_second_export_makes_a_new_version_with_a_stable_split(
-        get_dag: Callable[[str], Any], task_settings: Settings,
-        exports: dict[str, SynthReport]) -> None:
-    upload(task_settings, exports["export-001"], "export-001")
-    first = steps.ingest(task_settings, ["export-001"])["dataset_version"]
-    steps.split(task_settings, first)
-    upload(task_settings, exports["export-002"], "export-002")
-
-    dag_run, state, tasks = run_dag(get_dag(DAG_ID))
-
-    assert (state, tasks) == ("success", dict.fromkeys(TASKS, "success"))
-    store = datasets(task_settings)
-    second = store.head().version
-    assert second not in (None, first)
-    assert store.record(second)["parent"] == first
-    assert store.record(second)["exports"] == ["export-001", "export-002"]
-    before = store.split(first).set_index("patient_id")["split"]
-    after = store.split(second).set_index("patient_id")["split"]
-    assert set(after.index) == set(exports["export-001"].patients) | set(
-        exports["export-002"].patients)
-    assert after[before.index].equals(before)
-    assert xcom(dag_run, "find_new_exports") == ["export-002"]
 
 
 def test_failed_ingest_fails_the_run(get_dag: Callable[[str], Any], task_settings: Settings,
@@ -147,6 +152,6 @@ def test_failed_ingest_fails_the_run(get_dag: Callable[[str], Any], task_setting
 
     assert state == "failed"
     assert tasks == {"find_new_exports": "success", "ingest": "failed",
-                     "split": "upstream_failed"}
+                     **dict.fromkeys(AFTER_INGEST, "upstream_failed")}
     assert datasets(task_settings).head().version is None
     assert datasets(task_settings).ledger() == {}

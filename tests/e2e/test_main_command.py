@@ -13,10 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def demo_env(tmp_path):
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import _ports_free, free_port
+    from support import free_port, ports_free
 
-    base = next(b for b in range(41000, 49000, 50) if _ports_free(b))
+    base = next(b for b in range(41000, 49000, 50) if ports_free(b))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAIN_TUMOR_", "AIRFLOW"))}
     env.update({"BRAIN_TUMOR_HOME": str(tmp_path / "home"),

@@ -1,0 +1,1 @@
+"""Airflow-only parts of the brain-tumor project: operators (and, later, UI views)."""

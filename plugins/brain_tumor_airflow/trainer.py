@@ -1,0 +1,91 @@
+"""The training task: `brain-tumor train` in the trainer image (DockerOperator) or as a process.
+
+Which one is a setting (``BRAIN_TUMOR_TRAINER=docker|local``). Both run the same command with the
+same ``BRAIN_TUMOR_*`` settings, so they publish the same model version. The Docker path takes the
+image, engine URL, GPU request, network and mounts from the settings, and the S3 credentials from
+an Airflow connection when ``BRAIN_TUMOR_S3_CONN_ID`` names one; secrets travel in the container's
+private environment, never in rendered templates or logs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.providers.standard.operators.bash import BashOperator
+
+TRAIN_ARGS = ["--json", "train", "--dataset-version"]
+SECRET_KEYS = ("BRAIN_TUMOR_S3_ACCESS_KEY_ID", "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY")
+
+
+def _mounts(spec: str) -> list:
+    from docker.types import Mount
+
+    mounts = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise ValueError(f"docker mount must be host:container[:ro|rw], received {item!r}")
+        mounts.append(Mount(target=parts[1], source=parts[0], type="bind",
+                            read_only=len(parts) == 3 and parts[2] == "ro"))
+    return mounts
+
+
+def container_environment(settings: Any, connection: Any | None = None) -> tuple[dict, dict]:
+    """(public, private) environment for the trainer container, from settings and a connection."""
+    from brain_tumor.settings import settings_to_env
+
+    env = settings_to_env(settings)
+    env["KERAS_BACKEND"] = settings.keras_backend
+    if connection is not None:
+        extra = connection.extra_dejson or {}
+        env["BRAIN_TUMOR_S3_ACCESS_KEY_ID"] = connection.login or ""
+        env["BRAIN_TUMOR_S3_SECRET_ACCESS_KEY"] = connection.password or ""
+        if extra.get("endpoint_url"):
+            env["BRAIN_TUMOR_S3_ENDPOINT_URL"] = extra["endpoint_url"]
+        if extra.get("region_name"):
+            env["BRAIN_TUMOR_S3_REGION"] = extra["region_name"]
+    private = {k: env.pop(k) for k in SECRET_KEYS}
+    return env, private
+
+
+class TrainerDockerOperator(DockerOperator):
+    """DockerOperator whose image, engine, GPUs and environment come from the worker's settings."""
+
+    def __init__(self, *, dataset_version: str, **kwargs: Any) -> None:
+        super().__init__(image="brain-tumor-trainer", command=[*TRAIN_ARGS, dataset_version],
+                         mount_tmp_dir=False, auto_remove="success", **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        """Fill in the settings at run time (not at DAG parse time), then run the container."""
+        from docker.types import DeviceRequest
+
+        from brain_tumor.settings import load_settings
+
+        settings = load_settings()
+        connection = None
+        if settings.s3_conn_id:
+            from airflow.sdk import BaseHook
+
+            connection = BaseHook.get_connection(settings.s3_conn_id)
+        self.environment, self.private_environment = container_environment(settings, connection)
+        self.image = settings.trainer_image
+        self.docker_url = settings.docker_url
+        self.network_mode = settings.docker_network_mode
+        self.mounts = _mounts(settings.docker_mounts)
+        self.device_requests = ([DeviceRequest(count=settings.docker_gpus, capabilities=[["gpu"]])]
+                                if settings.docker_gpus != 0 else None)
+        self.log.info("training in %s on %s (GPUs: %s)", self.image, self.docker_url,
+                      "all" if settings.docker_gpus == -1 else settings.docker_gpus)
+        return super().execute(context)
+
+
+def train_task(trainer: str, dataset_version: str, pool: str) -> Any:
+    """The train task for the chosen trainer ('docker' or 'local')."""
+    if trainer == "docker":
+        return TrainerDockerOperator(task_id="train", dataset_version=dataset_version, pool=pool)
+    if trainer != "local":
+        raise ValueError(f"trainer must be 'docker' or 'local', received {trainer!r}")
+    command = " ".join([sys.executable, "-m", "brain_tumor.cli", *TRAIN_ARGS, dataset_version])
+    return BashOperator(task_id="train", bash_command=command, pool=pool)

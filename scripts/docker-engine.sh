@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers on this machine (for CI and local image builds).
+#
+#   scripts/docker-engine.sh            # idempotent: returns at once when `docker info` works
+#
+# As root, when no engine answers: installs Debian's `docker.io` (and `debootstrap`, which
+# docker/build-cpu-base.sh needs) with apt, running `apt-get update` only when the package lists
+# lack them, then starts `dockerd --bridge=none --iptables=false` in the background and waits until
+# `docker info` works. There is no bridge network: containers use `--network host` or `none`.
+#
+# Environment:
+#   DOCKER_ENGINE_LOG_DIR   where dockerd.log goes (default /var/log)
+#   DOCKER_ENGINE_TIMEOUT   seconds to wait for the engine (default 60)
+#   DOCKERD_EXTRA_ARGS      more dockerd arguments (word-split)
+#
+# Exit status 0: an engine answers. Non-zero, with a message on stderr: it does not.
+# The engine inherits this script's scheduling priority (run it under `nice` to start a nice one).
+set -euo pipefail
+
+LOG_DIR="${DOCKER_ENGINE_LOG_DIR:-/var/log}"
+TIMEOUT="${DOCKER_ENGINE_TIMEOUT:-60}"
+LOG="$LOG_DIR/dockerd.log"
+LOCK="/var/lock/brain-tumor-docker-engine.lock"
+
+say() { echo "docker-engine: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+engine_up() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+
+if engine_up && command -v debootstrap >/dev/null 2>&1; then
+  say "engine already running ($(docker info --format '{{.ServerVersion}}' 2>/dev/null))"
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || die "no Docker engine answers and this is not root (uid $(id -u)): \
+start one, or run this script as root"
+
+# One starter at a time (CI may call this from parallel jobs).
+mkdir -p "$(dirname "$LOCK")"
+exec 9>"$LOCK"
+flock -w "$((TIMEOUT + 600))" 9 || die "another docker-engine.sh holds $LOCK"
+
+# --- packages ------------------------------------------------------------------------------
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  have_candidates() {
+    local p policy
+    for p in "$@"; do
+      policy="$(apt-cache policy "$p" 2>/dev/null || true)"
+      [[ "$policy" == *"Candidate: "[0-9]* ]] || return 1
+    done
+  }
+  if ! have_candidates "${missing[@]}"; then
+    say "apt-get update (package lists lack ${missing[*]})"
+    apt-get update -qq || die "apt-get update failed"
+  fi
+  say "apt-get install ${missing[*]}"
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    say "install failed; retrying after apt-get update"
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || die "apt-get install ${missing[*]} failed"
+  fi
+fi
+command -v dockerd >/dev/null 2>&1 || die "dockerd not found after installing docker.io"
+
+if engine_up; then
+  say "engine already running ($(docker info --format '{{.ServerVersion}}' 2>/dev/null))"
+  exit 0
+fi
+
+# --- start dockerd -------------------------------------------------------------------------
+pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
+if pid_alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+  say "dockerd (pid $pid) is running but not answering yet; waiting"
+else
+  rm -f /var/run/docker.pid /var/run/docker.sock
+  mkdir -p "$LOG_DIR"
+  say "starting dockerd (log $LOG)"
+  # shellcheck disable=SC2086
+  setsid nohup dockerd --bridge=none --iptables=false \
+    ${DOCKERD_EXTRA_ARGS:-} >>"$LOG" 2>&1 </dev/null &
+  pid=$!
+fi
+
+start=$SECONDS
+until docker info >/dev/null 2>&1; do
+  if ! pid_alive "$pid"; then
+    tail -n 30 "$LOG" >&2 2>/dev/null || true
+    die "dockerd exited (see $LOG)"
+  fi
+  if [ $((SECONDS - start)) -ge "$TIMEOUT" ]; then
+    tail -n 30 "$LOG" >&2 2>/dev/null || true
+    die "dockerd (pid $pid) did not answer within ${TIMEOUT}s (see $LOG)"
+  fi
+  sleep 1
+done
+say "engine up after $((SECONDS - start))s: dockerd pid $pid, \
+$(docker info --format 'server {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}')"

@@ -1,0 +1,29 @@
+"""Helpers shared by the test modules (importable as `support`: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import socket
+
+#: training settings small enough for two CPU cores: one tiny model per session
+TINY_TRAINING = {
+    "backbone": "tiny", "image_size": 32, "batch_size": 16, "epochs": 6, "seg_epochs": 6,
+    "seg_depth": 2, "seg_base_filters": 8, "learning_rate": 3e-3, "seg_learning_rate": 3e-3,
+    "warmup_epochs": 0, "bootstrap_samples": 50, "io_workers": 4,
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ports_free(base: int) -> bool:
+    for port in [*range(base, base + 7), *range(base + 10000, base + 10007)]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
