@@ -173,6 +173,40 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.registry import Registry
+
+    registry = Registry(_store(settings), settings)
+    if args.action == "list":
+        events = registry.events()
+        champion = registry.champion()
+        lines = [f"champion: {champion or 'none yet'}"]
+        lines += [f"{e['seq']:4}  {e['at']}  {e['action']:11} {e['model_version']}  "
+                  f"{e['reason'].splitlines()[0] if e['reason'] else ''}" for e in events]
+        _emit(args, {"champion": champion, "events": events}, "\n".join(lines))
+        return 0
+    if args.action == "show":
+        if not args.model_version:
+            raise ValueError("registry show needs a MODEL_VERSION")
+        info = registry.show(args.model_version)
+        lines = [f"{args.model_version}{'  (champion)' if info['champion'] else ''}",
+                 *(f"  {k:16} {v}" for k, v in info["model"].items())]
+        lines += [f"  event {e['seq']}: {e['action']} at {e['at']}: {e['reason']}"
+                  for e in info["events"]]
+        _emit(args, info, "\n".join(lines))
+        return 0
+    reason = args.reason or f"manual {args.action} from the command line"
+    if args.action == "promote":
+        if not args.model_version:
+            raise ValueError("registry promote needs a MODEL_VERSION")
+        event = registry.promote(args.model_version, reason=reason, run_id="cli")
+    else:
+        event = registry.rollback(reason=reason, run_id="cli")
+    _emit(args, event, f"{event['action']} {event['model_version']} "
+                       f"(was {event['previous_champion']}): {event['reason']}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor.datasets import DatasetStore
 
@@ -193,10 +227,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             f"dataset version {summary['dataset_version']}",
             f"counts          {summary['counts']}",
             f"split           {summary.get('split')}",
+            f"champion        {summary.get('champion') or 'none'}",
+            f"last decision   {summary.get('last_decision')}",
+            f"gate floors     {summary.get('gate_floors')} (demo profile)",
             f"S3              {summary['s3_endpoint']} bucket {summary['bucket']}",
             f"Airflow home    {summary['airflow_home']} (log {summary['airflow_log']})",
-            "look closer:    brain-tumor datasets; brain-tumor exports; "
-            "see README 'Watching it in the Airflow UI'"]
+            "look closer:    brain-tumor datasets | exports | models | registry list; "
+            "README 'Watching it in the Airflow UI'"]
     _emit(args, summary, "\n".join(text))
     return 0
 
@@ -275,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-version", help="default: the one the model was trained on")
 
     add("models", cmd_models, "List the published model versions.")
+
+    p = add("registry", cmd_registry, "The model registry: list decisions, show a model, "
+                                      "promote one by hand, or roll back to the previous "
+                                      "champion (each writes an immutable event).")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    p.add_argument("model_version", nargs="?", help="for show and promote")
+    p.add_argument("--reason", help="why (recorded in the event)")
 
     p = add("datasets", cmd_datasets, "Show a dataset version (default: HEAD) and its counts.")
     p.add_argument("version", nargs="?")

@@ -37,7 +37,9 @@ t0=$SECONDS
 lap() { say "$1: $((SECONDS - ${2:-$t0}))s"; }
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot)"
-docker info >/dev/null 2>&1 || die "no Docker engine answers (run scripts/docker-engine.sh)"
+if ! docker info >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  "$REPO/scripts/docker-engine.sh" || die "no Docker engine (scripts/docker-engine.sh failed)"
+fi
 [ -x "$VENV/bin/pip" ] || die "no venv at $VENV (set BT_VENV)"
 
 # --- the pinned requirement list: versions from the project venv ------------------------------
@@ -66,7 +68,6 @@ if [ "$FORCE" = 0 ] && docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "$TAG"
   exit 0
 fi
-command -v debootstrap >/dev/null 2>&1 || die "debootstrap missing (scripts/docker-engine.sh installs it)"
 say "building $TAG from:"; sed 's/^/    /' <<<"$REQ_TEXT" >&2
 
 # --- the Debian mirror this machine uses ----------------------------------------------------
@@ -134,7 +135,7 @@ cp "$WHEELS"/* "$ROOT/wheels/"
 mount -t proc proc "$ROOT/proc"
 in_root() {  # a clean environment: none of the host's PIP_* settings
   chroot "$ROOT" /usr/bin/env -i PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 "$@"
+    HOME=/root LANG=C.UTF-8 TF_CPP_MIN_LOG_LEVEL=2 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 "$@"
 }
 in_root /usr/bin/python3 -m venv /opt/venv
 in_root /opt/venv/bin/python -m pip install --quiet --no-index --find-links /wheels \

@@ -27,7 +27,8 @@ die() { say "error: $*"; exit 1; }
 
 engine_up() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 
-if engine_up && command -v debootstrap >/dev/null 2>&1; then
+# debootstrap is only installed on the way (root); an engine that answers is enough otherwise
+if engine_up && { command -v debootstrap >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; }; then
   say "engine already running ($(docker info --format '{{.ServerVersion}}' 2>/dev/null))"
   exit 0
 fi

@@ -41,7 +41,11 @@ def test_main_command_runs_end_to_end_and_again(demo_env):
     cli = [sys.executable, "-m", "brain_tumor.cli", "--json"]
     record = json.loads(subprocess.run([*cli, "datasets"], env=demo_env, capture_output=True,
                                        text=True, check=True).stdout)
-    assert record["counts"]["patients"] == 6 and record["counts"]["quarantined"] == 1
+    assert record["counts"]["patients"] == 12 and record["counts"]["quarantined"] == 1
+    events = json.loads(subprocess.run([*cli, "registry", "list"], env=demo_env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert events["events"] and events["events"][-1]["action"] in ("promoted", "rejected")
+    assert "last decision" in out.stdout
     status = json.loads(subprocess.run([*cli, "storage", "status"], env=demo_env,
                                        capture_output=True, text=True, check=True).stdout)
     assert status["running"]  # the embedded server keeps serving after the demo

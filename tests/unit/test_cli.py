@@ -8,7 +8,7 @@ from brain_tumor.cli import build_parser, main
 from brain_tumor.settings import settings_to_env
 
 COMMANDS = ["storage", "synth", "upload", "exports", "ingest", "split", "train", "evaluate",
-            "models", "datasets", "demo", "settings", "schemas"]
+            "models", "registry", "datasets", "demo", "settings", "schemas"]
 
 
 def test_every_command_has_help(capsys):
@@ -62,3 +62,27 @@ def test_bad_settings_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("BRAIN_TUMOR_IMAGE_SIZE", "tiny")
     assert main(["settings"]) == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_registry_commands(cli_env, capsys):
+    from brain_tumor.steps import open_store
+
+    store = open_store(cli_env)
+    for version in ("m-aaa", "m-bbb"):
+        store.put_json(f"models/{version}/model.json", {
+            "model_version": version, "dataset_version": "ds-1", "image_size": 32,
+            "threshold": 0.5, "threshold_rule": "youden", "backbone": "tiny",
+            "keras_backend": "tensorflow", "best_epochs": {}, "created_at": "2026-01-01T00:00:00",
+            "code_version": "test"})
+    assert main(["registry", "promote", "m-aaa"]) == 0
+    assert main(["registry", "promote", "m-bbb", "--reason", "better"]) == 0
+    assert main(["registry", "rollback"]) == 0
+    capsys.readouterr()
+    assert main(["--json", "registry", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["champion"] == "m-aaa"
+    assert [e["action"] for e in listed["events"]] == ["promoted", "promoted", "rolled_back"]
+    assert main(["registry", "rollback"]) == 1  # nothing before m-aaa
+    assert "no previous champion" in capsys.readouterr().err
+    assert main(["registry", "show", "m-bbb"]) == 0
+    assert "rolled_back" in capsys.readouterr().out
