@@ -130,10 +130,13 @@ def _extract(archive: Path, dest: Path) -> list[str]:
                         zf.extract(info, dest)
                         names.append(info.filename)
         else:
-            with tarfile.open(archive) as tf:
-                members = [m for m in tf.getmembers() if m.isfile() and _safe_member(m.name)]
-                tf.extractall(dest, members=members, filter="data")
-                names = [m.name for m in members]
+            # one pass over the (possibly xz-compressed) stream: getmembers() + extractall()
+            # would decompress it twice
+            with tarfile.open(archive, mode="r|*") as tf:
+                for member in tf:
+                    if member.isfile() and _safe_member(member.name):
+                        tf.extract(member, dest, filter="data")
+                        names.append(member.name)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ExportError(f"archive {archive.name} cannot be read: {exc}") from exc
     return names
@@ -145,6 +148,19 @@ def _file_loader(path: Path) -> Callable[[], bytes]:
 
 def _key_loader(store: ObjectStore, key: str) -> Callable[[], bytes]:
     return lambda: store.get(key)
+
+
+def export_fingerprint(store: ObjectStore, settings: Settings, export_id: str) -> str | None:
+    """The export's fingerprint from listing alone (names, sizes, ETags); None if it is missing."""
+    prefix = settings.key("exports", export_id) + "/"
+    objects = [(o.key[len(prefix):], o.size, o.etag) for o in store.list(prefix)]
+    if objects:
+        return _fingerprint(objects)
+    key = _archive_key(store, settings, export_id)
+    if key is None:
+        return None
+    info = next(o for o in store.list(key) if o.key == key)
+    return _fingerprint([(PurePosixPath(key).name, info.size, info.etag)])
 
 
 def open_export(store: ObjectStore, settings: Settings, export_id: str, workdir: Path) -> ExportFiles:
@@ -166,7 +182,8 @@ def open_export(store: ObjectStore, settings: Settings, export_id: str, workdir:
         store.download_file(key, local)
     except StorageError as exc:
         raise ExportError(f"archive s3://{store.bucket}/{key} cannot be downloaded: {exc}") from exc
-    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    info = next(o for o in store.list(key) if o.key == key)
+    digest = _fingerprint([(PurePosixPath(key).name, info.size, info.etag)])
     root = workdir / "extracted"
     names = _extract(local, root)
     if not names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from brain_tumor.datasets import DatasetStore, code_version, utc_now, version_id
-from brain_tumor.exports import ExportError, ExportFiles, open_export
+from brain_tumor.exports import ExportError, ExportFiles, export_fingerprint, open_export
 from brain_tumor.imaging import SliceError, decode_image, decode_mask
 from brain_tumor.labels import relabel
 from brain_tumor.naming import BadName, is_ignored, is_slice_file, parse_slice_path
@@ -188,10 +189,14 @@ class _Worker:
     def __init__(self, store: ObjectStore, settings: Settings, files: ExportFiles,
                  known: set[str]) -> None:
         self.store, self.settings, self.files, self.known = store, settings, files, known
+        self.lock = threading.Lock()
 
     def blob(self, sha: str, data: bytes) -> str:
         key = self.settings.key("blobs", f"{sha}.tif")
-        if sha not in self.known:
+        with self.lock:  # identical files (e.g. the many empty masks) are stored once per run
+            new = sha not in self.known
+            self.known.add(sha)
+        if new:
             self.store.put_new(key, data, content_type="image/tiff")
         return key
 
@@ -222,14 +227,15 @@ def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
     datasets = DatasetStore(store, settings)
     ledger = datasets.ledger()
     head = datasets.head()
+    fingerprint = export_fingerprint(store, settings, export_id)
+    if export_id in ledger and ledger[export_id]["fingerprint"] == fingerprint:
+        entry = ledger[export_id]
+        log.info("export %s was ingested already into %s", export_id, entry["dataset_version"])
+        quarantine = datasets.quarantine(entry["dataset_version"])
+        return IngestResult(export_id, entry["dataset_version"], None, True, entry["counts"],
+                            quarantine[quarantine["export_id"] == export_id])
     with tempfile.TemporaryDirectory(prefix="brain-tumor-ingest-") as tmp:
         files = open_export(store, settings, export_id, Path(tmp))
-        if export_id in ledger and ledger[export_id]["fingerprint"] == files.fingerprint:
-            entry = ledger[export_id]
-            log.info("export %s was ingested already into %s", export_id, entry["dataset_version"])
-            quarantine = datasets.quarantine(entry["dataset_version"])
-            return IngestResult(export_id, entry["dataset_version"], None, True, entry["counts"],
-                                quarantine[quarantine["export_id"] == export_id])
         if export_id in ledger:
             raise IngestError(f"export {export_id} changed since it was ingested into "
                               f"{ledger[export_id]['dataset_version']}; upload changes as a new export")

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: files below this size are sent in one PUT (a transfer manager per file costs more than it saves)
+SMALL_FILE = 8 * 2**20
+
 
 class StorageError(RuntimeError):
     """An S3 call failed (after retries); the message names the endpoint, bucket and key."""
@@ -192,6 +195,9 @@ class ObjectStore:
 
     def upload_file(self, path: Path, key: str) -> None:
         """Upload a local file (multipart for large ones: visible only when complete)."""
+        if path.stat().st_size < SMALL_FILE:
+            self.put(key, path.read_bytes())
+            return
         try:
             self.client.upload_file(str(path), self.bucket, key)
         except (ClientError, BotoCoreError) as exc:
