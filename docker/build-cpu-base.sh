@@ -36,8 +36,7 @@ die() { say "error: $*"; exit 1; }
 t0=$SECONDS
 lap() { say "$1: $((SECONDS - ${2:-$t0}))s"; }
 
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot)"
-if ! docker info >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+if ! docker info >/dev/null 2>&1; then
   "$REPO/scripts/docker-engine.sh" || die "no Docker engine (scripts/docker-engine.sh failed)"
 fi
 [ -x "$VENV/bin/pip" ] || die "no venv at $VENV (set BT_VENV)"
@@ -67,6 +66,12 @@ if [ "$FORCE" = 0 ] && docker image inspect "$TAG" >/dev/null 2>&1; then
   say "cached: $TAG exists (tagged $IMAGE_REPO:cpu)"
   echo "$TAG"
   exit 0
+fi
+# building needs root (debootstrap, chroot, mount) and debootstrap; the cache check above does not
+[ "$(id -u)" = 0 ] || die "$TAG is not built yet and building it needs root (debootstrap, chroot)"
+if ! command -v debootstrap >/dev/null 2>&1; then
+  "$REPO/scripts/docker-engine.sh" || die "scripts/docker-engine.sh failed"
+  command -v debootstrap >/dev/null 2>&1 || die "debootstrap missing (apt-get install debootstrap)"
 fi
 say "building $TAG from:"; sed 's/^/    /' <<<"$REQ_TEXT" >&2
 
@@ -163,6 +168,8 @@ tar --numeric-owner -C "$ROOT" -c . | docker import \
 docker tag "$TAG" "$IMAGE_REPO:cpu"
 lap "docker import" "$tm"
 
-rm -rf --one-file-system "$ROOT" "$WHEELS" "$CONSTRAINTS"
+rm -rf --one-file-system "$ROOT" "$WHEELS" "$CONSTRAINTS" "$WORK/debootstrap.log" \
+  "$WORK/pip-download.log"
+rmdir "$WORK" 2>/dev/null || true
 lap total
 echo "$TAG"

@@ -39,7 +39,13 @@ start one, or run this script as root"
 # One starter at a time (CI may call this from parallel jobs).
 mkdir -p "$(dirname "$LOCK")"
 exec 9>"$LOCK"
-flock -w "$((TIMEOUT + 600))" 9 || die "another docker-engine.sh holds $LOCK"
+tl=$SECONDS
+flock -w "$((TIMEOUT + 600))" 9 \
+  || die "could not lock $LOCK within $((SECONDS - tl))s (another docker-engine.sh holds it)"
+if engine_up && command -v debootstrap >/dev/null 2>&1; then   # started while we waited
+  say "engine already running ($(docker info --format '{{.ServerVersion}}' 2>/dev/null))"
+  exit 0
+fi
 
 # --- packages ------------------------------------------------------------------------------
 missing=()
@@ -74,23 +80,44 @@ if engine_up; then
 fi
 
 # --- start dockerd -------------------------------------------------------------------------
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
-if pid_alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
-  say "dockerd (pid $pid) is running but not answering yet; waiting"
-else
+# alive = exists and not a zombie (a killed dockerd may linger unreaped as <defunct>)
+pid_alive() {
+  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
+  local stat; stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"; [ "${stat%% *}" != Z ] && [ "${stat%% *}" != X ]
+}
+start_dockerd() {
   rm -f /var/run/docker.pid /var/run/docker.sock
+  # a containerd left by a killed dockerd (dead, or an unreaped zombie) makes the next dockerd
+  # wait for its socket and give up: forget it
+  local cpid; cpid="$(cat /var/run/docker/containerd/containerd.pid 2>/dev/null || true)"
+  if [ -n "$cpid" ] && ! pid_alive "$cpid"; then
+    rm -f /var/run/docker/containerd/containerd.pid /var/run/docker/containerd/containerd.sock
+  fi
   mkdir -p "$LOG_DIR"
   say "starting dockerd (log $LOG)"
   # shellcheck disable=SC2086
   setsid nohup dockerd --bridge=none --iptables=false \
-    ${DOCKERD_EXTRA_ARGS:-} >>"$LOG" 2>&1 </dev/null &
+    ${DOCKERD_EXTRA_ARGS:-} >>"$LOG" 2>&1 </dev/null 9>&- &   # 9: our lock, not its
   pid=$!
+  started=1
+}
+started=0
+pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
+if pid_alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+  say "dockerd (pid $pid) is running but not answering yet; waiting"
+else
+  start_dockerd
 fi
 
 start=$SECONDS
 until docker info >/dev/null 2>&1; do
   if ! pid_alive "$pid"; then
+    if [ "$started" = 0 ]; then   # the dockerd we waited for went away: start our own
+      say "dockerd (pid $pid) went away"
+      start_dockerd
+      continue
+    fi
     tail -n 30 "$LOG" >&2 2>/dev/null || true
     die "dockerd exited (see $LOG)"
   fi

@@ -16,6 +16,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
 
 TRAIN_ARGS = ["--json", "train", "--dataset-version"]
+CONTAINER_HOME = "/tmp/brain-tumor"
 SECRET_KEYS = ("BRAIN_TUMOR_S3_ACCESS_KEY_ID", "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY")
 
 
@@ -38,6 +39,7 @@ def container_environment(settings: Any, connection: Any | None = None) -> tuple
 
     env = settings_to_env(settings)
     env["KERAS_BACKEND"] = settings.keras_backend
+    env["BRAIN_TUMOR_HOME"] = CONTAINER_HOME  # the worker's home path means nothing in there
     if connection is not None:
         extra = connection.extra_dejson or {}
         env["BRAIN_TUMOR_S3_ACCESS_KEY_ID"] = connection.login or ""
