@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from brain_tumor.embedded_s3 import EmbeddedS3
-from brain_tumor.settings import Settings, load_settings
+from brain_tumor.settings import Settings, load_settings, settings_to_env
 from brain_tumor.storage import ObjectStore
 from support import TINY_TRAINING, free_port, ports_free
 
@@ -180,13 +180,6 @@ def get_dag(dagbag: Any, airflow_db: None) -> Callable[[str], Any]:
     return get
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``BRAIN_TUMOR_*`` variables that make ``load_settings()`` return these settings."""
-    values = settings.model_dump(mode="json")
-    values["s3_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
-    return {f"BRAIN_TUMOR_{k.upper()}": "" if v is None else str(v) for k, v in values.items()}
-
-
 @pytest.fixture
 def task_settings(make_settings: Callable[..., Settings],
                   monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -195,7 +188,7 @@ def task_settings(make_settings: Callable[..., Settings],
 
     settings = make_settings(**{**TINY_TRAINING, "epochs": 12, "seg_epochs": 12, "batch_size": 8},
                              gate_min_sensitivity=0.2, gate_min_roc_auc=0.7, gate_min_dice=0.05)
-    for name, value in settings_env(settings).items():
+    for name, value in settings_to_env(settings).items():
         monkeypatch.setenv(name, value)
     assert load_settings() == settings
     return settings
