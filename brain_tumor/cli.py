@@ -161,6 +161,21 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor import steps
+
+    _use_backend(settings)
+    result = steps.score(settings, args.study_ids or None, args.model_version)
+    lines = [f"model {result['model_version']}"]
+    lines += [f"  {r['study_id']:24} {r['status']:8} tumor {'yes' if r['tumor_present'] else 'no ':3} "
+              f"slices {r['tumor_slices']}/{r['slices']}  volume {r['tumor_volume_voxels']} voxels  "
+              f"max p {r['max_probability']:.2f}" for r in result["studies"]]
+    lines += [f"  {q['study_id']:24} QUARANTINED {q['reason']}: {q['detail']}"
+              for q in result["quarantined"]]
+    _emit(args, result, "\n".join(lines))
+    return 1 if result["quarantined"] and not result["studies"] else 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor.modelstore import ModelStore
 
@@ -312,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-version", help="default: the one the model was trained on")
 
     add("models", cmd_models, "List the published model versions.")
+
+    p = add("score", cmd_score, "Score studies under incoming/<study_id>/ with the champion (or "
+                                "--model-version): per-slice probability, label, mask, box; "
+                                "masks, overlays and a summary under scores/; bad studies are "
+                                "quarantined, finished ones skipped.")
+    p.add_argument("study_ids", nargs="*", metavar="STUDY_ID", help="default: every study")
+    p.add_argument("--model-version", help="default: the champion")
 
     p = add("registry", cmd_registry, "The model registry: list decisions, show a model, "
                                       "promote one by hand, or roll back to the previous "

@@ -159,3 +159,25 @@ def decide(settings: Settings, gate_result: dict[str, Any], run_id: str | None =
                                 run_id=run_id, expected_champion=gate_result["champion_version"])
     return registry.reject(candidate, reason=gate_result["explanation"], metrics=metrics,
                            dataset_version=gate_result["dataset_version"], run_id=run_id)
+
+
+def score(settings: Settings, study_ids: list[str] | None = None,
+          model_version: str | None = None) -> dict[str, Any]:
+    """Score studies under incoming/ (default: all) with a model version (default: champion)."""
+    from brain_tumor.predict import load_model_version
+    from brain_tumor.score import StudyRejected, list_studies, score_study
+
+    store = open_store(settings)
+    version = model_version or champion(settings)
+    if version is None:
+        raise RuntimeError("no champion model yet: promote one (retrain_nightly, or "
+                           "`brain-tumor registry promote MODEL_VERSION`) or pass --model-version")
+    model = load_model_version(store, settings, version)
+    results, rejected = [], []
+    for study_id in study_ids or list_studies(store, settings):
+        try:
+            results.append(score_study(store, settings, model, study_id))
+        except StudyRejected as exc:
+            log.warning("study %s quarantined: %s", study_id, exc)
+            rejected.append({"study_id": study_id, "reason": exc.reason, "detail": exc.detail})
+    return {"model_version": version, "studies": results, "quarantined": rejected}

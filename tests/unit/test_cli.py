@@ -7,7 +7,7 @@ import pytest
 from brain_tumor.cli import build_parser, main
 from brain_tumor.settings import settings_to_env
 
-COMMANDS = ["storage", "synth", "upload", "exports", "ingest", "split", "train", "evaluate",
+COMMANDS = ["storage", "synth", "upload", "exports", "ingest", "split", "train", "evaluate", "score",
             "models", "registry", "datasets", "demo", "settings", "schemas"]
 
 
@@ -86,3 +86,41 @@ def test_registry_commands(cli_env, capsys):
     assert "no previous champion" in capsys.readouterr().err
     assert main(["registry", "show", "m-bbb"]) == 0
     assert "rolled_back" in capsys.readouterr().out
+
+
+def test_score_command_needs_a_champion_and_scores_with_one(trained, monkeypatch, tmp_path, capsys):
+    import uuid
+
+    from brain_tumor.imaging import encode_tiff
+    from brain_tumor.registry import Registry
+    from brain_tumor.steps import open_store
+    from brain_tumor.synth import make_slice
+
+    import numpy as np
+
+    settings, record = trained
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    scoring = settings.model_copy(update={"s3_bucket": bucket})
+    for key, value in settings_to_env(scoring).items():
+        monkeypatch.setenv(key, value)
+    store = open_store(scoring)
+    rng = np.random.default_rng(0)
+    for n in range(1, 4):
+        image, _ = make_slice(rng, 32, (0.5, 0.5, 0.15) if n == 2 else None)
+        store.put(f"incoming/study-a/P_{n}.tif", encode_tiff(image))
+    store.put("incoming/study-bad/P_1.tif", b"not a tiff")
+    assert main(["score"]) == 1
+    assert "no champion model yet" in capsys.readouterr().err
+    # the model lives in the session bucket: copy its files so this bucket can promote it
+    source = open_store(settings)
+    for obj in source.list(f"models/{record['model_version']}/"):
+        store.put(obj.key, source.get(obj.key))
+    Registry(store, scoring).promote(record["model_version"], reason="test")
+    assert main(["--json", "score"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["study_id"] for s in result["studies"]] == ["study-a"]
+    assert result["studies"][0]["slices"] == 3
+    assert result["quarantined"][0]["study_id"] == "study-bad"
+    assert result["quarantined"][0]["reason"] == "unreadable"
+    assert main(["--json", "score", "study-a"]) == 0
+    assert json.loads(capsys.readouterr().out)["studies"][0]["status"] == "skipped"
