@@ -58,7 +58,6 @@ def peak_rss_gb() -> float:
 
 
 def _server(home: Path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from brain_tumor.embedded_s3 import EmbeddedS3
 
     return EmbeddedS3(home / "s3", port=int(os.environ.get("BENCH_S3_PORT", "18933")),
@@ -153,7 +152,7 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     from brain_tumor.data import ArrayDataset
     from brain_tumor.evaluate import Predictions, evaluate
     from brain_tumor.metrics import choose_threshold
-    from brain_tumor.predict import native_mask
+    from brain_tumor.predict import postprocess
     from brain_tumor.settings import load_settings
     from brain_tumor.train import train_classifier, train_segmenter
 
@@ -181,10 +180,9 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     prob = clf.predict(test.images.astype("float32"), verbose=0).reshape(-1)
     maps = seg.predict(test.images.astype("float32"), verbose=0)[..., 0]
     t["inference_s"] = time.perf_counter() - start
-    label = prob >= threshold
     size = test.masks.shape[1]
-    pred_masks = [native_mask(maps[i], size, size, settings.mask_threshold) & bool(label[i])
-                  for i in range(len(test))]
+    _, pred_masks = postprocess(prob, maps, [(size, size)] * len(test), threshold,
+                                settings.mask_threshold)
     preds = Predictions(test.patient_ids, test.labels, prob, list(test.masks.astype(bool)),
                         pred_masks, test.slice_index)
     metrics = evaluate(preds, threshold, model_version="bench-cache",

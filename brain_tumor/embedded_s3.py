@@ -8,6 +8,7 @@ twins at +10000), so two servers (a developer's and a test session's) can run si
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +145,6 @@ class EmbeddedS3:
 
     def _volumes_ready(self) -> bool:
         """Whether the master knows every volume the volume server holds (reads would fail)."""
-        import json
-        import urllib.request
-
         def get(port: int, path: str) -> dict:
             with urllib.request.urlopen(f"http://{self.host}:{port}{path}", timeout=2) as resp:
                 return json.loads(resp.read())

@@ -14,27 +14,30 @@ CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
 
 
 class SliceError(ValueError):
-    """A slice or mask that cannot be used; ``reason`` is a short code for the quarantine."""
+    """A slice or mask that cannot be used; ``reason`` is a short code for the quarantine and
+    ``part`` says which file of the pair is at fault ("image" or "mask")."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, part: str = "image") -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.part = part
 
 
 def _decode(data: bytes, what: str) -> np.ndarray:
     if not data:
-        raise SliceError("unreadable", f"{what} file is empty (0 bytes)")
+        raise SliceError("unreadable", f"{what} file is empty (0 bytes)", what)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise SliceError("unreadable", f"{what} is not a readable TIFF ({exc.msg.strip()})") from exc
+        raise SliceError("unreadable", f"{what} is not a readable TIFF ({exc.msg.strip()})",
+                         what) from exc
     if arr is None:
         raise SliceError("unreadable", f"{what} is not a readable TIFF (corrupt or truncated, "
-                                       f"{len(data)} bytes)")
+                                       f"{len(data)} bytes)", what)
     if arr.dtype != np.uint8:
-        raise SliceError("not_uint8", f"{what} holds {arr.dtype} data, expected uint8")
+        raise SliceError("not_uint8", f"{what} holds {arr.dtype} data, expected uint8", what)
     return arr
 
 
@@ -54,7 +57,7 @@ def decode_mask(data: bytes) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim != 2:
-        raise SliceError("channels", f"mask has {arr.shape[2]} channels, expected 1")
+        raise SliceError("channels", f"mask has {arr.shape[2]} channels, expected 1", "mask")
     return arr
 
 

@@ -23,7 +23,7 @@ from brain_tumor.datasets import DatasetStore, code_version, utc_now, version_id
 from brain_tumor.exports import ExportError, ExportFiles, export_fingerprint, open_export
 from brain_tumor.imaging import SliceError, decode_image, decode_mask
 from brain_tumor.labels import relabel
-from brain_tumor.naming import BadName, is_ignored, is_slice_file, parse_slice_path
+from brain_tumor.naming import BadName, SliceName, is_ignored, is_slice_file, parse_slice_path
 from brain_tumor.schemas import SCHEMAS
 from brain_tumor.settings import Settings
 from brain_tumor.storage import ObjectStore
@@ -76,8 +76,8 @@ def reject(export_id: str, path: str, reason: str, detail: str, patient_id: str 
 
 def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]]:
     """Pair images with masks by name; unpaired and badly named files go to the quarantine."""
-    images: dict[tuple[str, int], tuple[str, object]] = {}
-    masks: dict[tuple[str, int], str] = {}
+    images: dict[tuple[str, int], tuple[str, SliceName]] = {}
+    masks: dict[tuple[str, int], tuple[str, SliceName]] = {}
     rejects: list[dict] = []
     for path in sorted(paths):
         if not is_slice_file(path):
@@ -92,19 +92,19 @@ def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]
         slot = (name.patient_id, name.slice_index)
         target = masks if name.is_mask else images
         if slot in target:
-            rejects.append(reject(export_id, path, "bad_name", f"duplicate of {target[slot]!s:.80}",
+            rejects.append(reject(export_id, path, "bad_name", f"duplicate of {target[slot][0]}",
                                   name.patient_id, name.slice_index))
             continue
-        target[slot] = path if name.is_mask else (path, name)  # type: ignore[assignment]
+        target[slot] = (path, name)
     pairs = []
     for slot, (path, name) in sorted(images.items()):
         if slot not in masks:
             rejects.append(reject(export_id, path, "missing_mask", "image has no _mask.tif beside it",
                                   *slot))
             continue
-        pairs.append(Pair(name.patient_id, name.institution, name.acquisition_date,  # type: ignore
-                          name.slice_index, path, masks.pop(slot)))  # type: ignore[attr-defined]
-    for slot, path in sorted(masks.items()):
+        pairs.append(Pair(name.patient_id, name.institution, name.acquisition_date,
+                          name.slice_index, path, masks.pop(slot)[0]))
+    for slot, (path, _) in sorted(masks.items()):
         rejects.append(reject(export_id, path, "missing_image", "mask has no image beside it", *slot))
     return pairs, rejects
 
@@ -112,10 +112,7 @@ def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]
 def check_slice(image_bytes: bytes, mask_bytes: bytes) -> dict:
     """Decode and relabel one slice: manifest fields, or SliceError with the reason."""
     image = decode_image(image_bytes)
-    try:
-        mask = decode_mask(mask_bytes)
-    except SliceError as exc:
-        raise SliceError(exc.reason, f"mask: {exc.detail}") from exc
+    mask = decode_mask(mask_bytes)
     if image.shape[:2] != mask.shape:
         raise SliceError("shape_mismatch", f"image is {image.shape[0]}x{image.shape[1]}, mask is "
                                            f"{mask.shape[0]}x{mask.shape[1]}")
@@ -208,8 +205,7 @@ class _Worker:
         try:
             fields = check_slice(image, mask)
         except SliceError as exc:
-            bad_path, bad_sha, bad = ((pair.mask_path, mask_sha, mask) if exc.detail.startswith("mask")
-                                      or exc.reason == "mask_values" else
+            bad_path, bad_sha, bad = ((pair.mask_path, mask_sha, mask) if exc.part == "mask" else
                                       (pair.image_path, image_sha, image))
             return None, [reject(eid, bad_path, exc.reason, exc.detail, pair.patient_id,
                                  pair.slice_index, bad_sha, self.blob(bad_sha, bad))]

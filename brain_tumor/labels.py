@@ -31,7 +31,7 @@ def binary_mask(mask: np.ndarray) -> np.ndarray:
     if not any(values <= allowed for allowed in ALLOWED_MASK_VALUES):
         shown = sorted(values)[:8]
         raise SliceError("mask_values", f"mask values {shown}{'...' if len(values) > 8 else ''} "
-                                        "are outside {0, 255} and {0, 1}")
+                                        "are outside {0, 255} and {0, 1}", "mask")
     return mask > 0
 
 

@@ -71,7 +71,9 @@ class ModelStore:
 
     def fetch(self, version: str) -> Path:
         """Download the version's model files into the local cache; return the folder."""
-        record = self.record(version)
+        if not self.exists(version):
+            raise ModelNotFound(f"model version {version!r} does not exist (no "
+                                f"{self.key(version, 'model.json')})")
         folder = self.settings.home_dir / "models" / version
         folder.mkdir(parents=True, exist_ok=True)
         for name in MODEL_FILES:
@@ -80,7 +82,6 @@ class ModelStore:
                 partial = folder / f".{name}.partial"
                 self.store.download_file(self.key(version, name), partial)
                 partial.replace(target)
-        (folder / "model.json").write_text(_dumps(record))
         return folder
 
     # --- evaluations ---
@@ -96,8 +97,3 @@ class ModelStore:
         except KeyNotFound:
             return None
 
-
-def _dumps(value: dict) -> str:
-    import json
-
-    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -57,8 +57,8 @@ def load_model_version(store: ObjectStore, settings: Settings, version: str) -> 
     from brain_tumor.models import load_model
 
     models = ModelStore(store, settings)
-    folder = models.fetch(version)
     record = models.record(version)
+    folder = models.fetch(version)
     return LoadedModel(version, record, load_model(folder / "classifier.keras", compile=False),
                        load_model(folder / "segmenter.keras", compile=False))
 

@@ -92,6 +92,7 @@ def test_score_good_study_writes_every_output(env, model, tmp_path, monkeypatch)
     assert summary["dataset_version"] == model.record["dataset_version"]
     assert {k: v for k, v in result.items() if k != "status"} == summary
     tumor_idx = sorted(df.loc[df["label"] == 1, "slice_index"])
+    assert tumor_idx, "no tumor found in a study with lesions: the mask and overlay checks need one"
     folder = out("") + "/"
     written = sorted(k[len(folder):] for k in _listing(store, folder))
     expected = sorted(["slices.parquet", "summary.json", "overview.png", "_DONE.json",

@@ -1,0 +1,50 @@
+"""The training task's container settings: environment, secrets, S3 connection, mounts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from brain_tumor.settings import load_settings
+from brain_tumor_airflow.trainer import (CONTAINER_HOME, _mounts, container_environment,
+                                         train_task)
+
+
+def test_secrets_go_to_the_private_environment():
+    settings = load_settings(env={}, s3_bucket="b", image_size=64)
+    public, private = container_environment(settings)
+    assert public["BRAIN_TUMOR_S3_BUCKET"] == "b" and public["BRAIN_TUMOR_IMAGE_SIZE"] == "64"
+    assert public["BRAIN_TUMOR_HOME"] == CONTAINER_HOME and public["KERAS_BACKEND"] == "tensorflow"
+    assert private == {"BRAIN_TUMOR_S3_ACCESS_KEY_ID": "brain-tumor",
+                       "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY": "brain-tumor-secret"}
+    assert not any("SECRET" in k or "ACCESS_KEY" in k for k in public)
+
+
+def test_an_airflow_connection_replaces_the_s3_settings():
+    conn = SimpleNamespace(login="AKIA-conn", password="conn-secret",
+                           extra_dejson={"endpoint_url": "http://minio:9000",
+                                         "region_name": "eu-west-1"})
+    public, private = container_environment(load_settings(env={}), conn)
+    assert public["BRAIN_TUMOR_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert public["BRAIN_TUMOR_S3_REGION"] == "eu-west-1"
+    assert private == {"BRAIN_TUMOR_S3_ACCESS_KEY_ID": "AKIA-conn",
+                       "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY": "conn-secret"}
+
+
+def test_mounts_are_parsed_and_bad_ones_named():
+    mounts = _mounts("/data:/data:ro, /cache:/root/.keras")
+    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in mounts] == [
+        ("/data", "/data", True), ("/cache", "/root/.keras", False)]
+    assert _mounts("") == []
+    with pytest.raises(ValueError, match="received '/only-one-part'"):
+        _mounts("/only-one-part")
+    with pytest.raises(ValueError, match="received '/a:/b:rx'"):
+        _mounts("/a:/b:rx")
+
+
+def test_trainer_choice():
+    assert type(train_task("local", "ds-1", "p")).__name__ == "BashOperator"
+    assert type(train_task("docker", "ds-1", "p")).__name__ == "TrainerDockerOperator"
+    with pytest.raises(ValueError, match="received 'k8s'"):
+        train_task("k8s", "ds-1", "p")
