@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,15 @@ class AirflowServices:
 
     def __init__(self, home: Path, env: dict[str, str] | None = None,
                  components: Sequence[Sequence[str]] = DEFAULT_COMPONENTS,
-                 port: int | None = None, password: str | None = None) -> None:
+                 port: int | None = None, password: str | None = None,
+                 component_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.home = Path(home)
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.password = password or secrets.token_urlsafe(12)
         self.components = [tuple(c) for c in components]
+        #: more environment for single components, by name (see ``component_name``)
+        self.component_env = {k: dict(v) for k, v in (component_env or {}).items()}
         self.procs: dict[str, subprocess.Popen] = {}
         self.log_dir = self.home / "logs"
         self.env = self._environment(env or {})
@@ -87,13 +90,15 @@ class AirflowServices:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({ADMIN: self.password}))
         self.airflow("db", "migrate")
+        unknown = set(self.component_env) - {component_name(c) for c in self.components}
+        if unknown:
+            raise ValueError(f"component_env names no component: {sorted(unknown)}")
         for component in self.components:
-            name = "-".join(component[:1] + tuple(a for a in component[1:]
-                                                   if not a.startswith("-"))[:2])
+            name = component_name(component)
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
             self.procs[name] = subprocess.Popen(
-                ["airflow", *component], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                ["airflow", *component], env={**self.env, **self.component_env.get(name, {})},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_healthy(timeout)
         return self
 
@@ -214,6 +219,15 @@ class AirflowServices:
                         params={"limit": 1000})
         resp.raise_for_status()
         return resp.json()["task_instances"]
+
+
+def component_name(component: Sequence[str]) -> str:
+    """A component's name (its log file's stem): the command and its first two plain arguments.
+
+    ``("celery", "worker", "--queues", "scoring")`` is ``celery-worker-scoring``.
+    """
+    return "-".join(tuple(component[:1]) + tuple(a for a in component[1:]
+                                                 if not a.startswith("-"))[:2])
 
 
 def airflow_available() -> bool:
