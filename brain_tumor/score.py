@@ -3,16 +3,20 @@
 A study is all-or-nothing: one unusable slice rejects it (a quarantine record is written at
 ``scores/<mv>/quarantine/<study>.json`` and nothing else). A scored study's outputs are
 ``slices.parquet``, ``masks/<N>.png`` and ``overlays/<N>.png`` for each tumor slice,
-``overview.png`` and ``summary.json``, then ``_DONE.json`` last (``put_new``): a study without the
-marker has no visible result, and re-running it rewrites the same keys.
+``overview.png`` and ``summary.json``, then the done marker ``scores/<mv>/_done/<study>.json``
+last (``put_new``): a study without the marker has no visible result, and re-running it rewrites
+the same keys. The markers sit in one flat folder so that one listing tells which studies a model
+version has scored.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +33,9 @@ from brain_tumor.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-DONE = "_DONE.json"
+DONE_DIR = "_done"
 QUARANTINE = "quarantine"
+RESERVED = (".", "..", QUARANTINE, DONE_DIR, "batches")
 MAX_OVERVIEW_TILES = 24  # tumor slices on the overview, evenly spaced when there are more
 FALLBACK_TILES = 4  # slices on the overview of a study without tumor
 _STUDY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -48,12 +53,16 @@ class StudyRejected(ValueError):
         self.files = list(files or [])
 
 
+def is_study_id(name: str) -> bool:
+    """Whether name is a valid study id (letters, digits, '.', '_', '-'; not reserved)."""
+    return isinstance(name, str) and bool(_STUDY_RE.match(name)) and name not in RESERVED
+
+
 def check_study_id(study_id: str) -> str:
-    """Return study_id if it is letters, digits, '.', '_', '-' (not '.', '..', 'quarantine')."""
-    if (not isinstance(study_id, str) or not _STUDY_RE.match(study_id)
-            or study_id in (".", "..", QUARANTINE)):
+    """Return study_id if it is letters, digits, '.', '_', '-' and not a reserved name."""
+    if not is_study_id(study_id):
         raise ValueError(f"invalid study id {study_id!r}: use letters, digits, '.', '_', '-' "
-                         f"(not '.', '..' or {QUARANTINE!r})")
+                         f"(not {', '.join(map(repr, RESERVED))})")
     return study_id
 
 
@@ -72,13 +81,18 @@ def quarantine_key(settings: Settings, model_version: str, study_id: str) -> str
     return settings.key("scores", model_version, QUARANTINE, f"{check_study_id(study_id)}.json")
 
 
+def done_key(settings: Settings, model_version: str, study_id: str) -> str:
+    """Key of a study's done marker: ``scores/<model_version>/_done/<study_id>.json``."""
+    return settings.key("scores", model_version, DONE_DIR, f"{check_study_id(study_id)}.json")
+
+
 def list_studies(store: ObjectStore, settings: Settings) -> list[str]:
     """Sorted study ids (folder names) under ``incoming/``; invalid folder names are skipped."""
     root = settings.key("incoming")
     studies = []
     for prefix in store.list_dirs(root):
         name = prefix[len(root):].strip("/")
-        if _STUDY_RE.match(name) and name not in (".", "..", QUARANTINE):
+        if is_study_id(name):
             studies.append(name)
         else:
             log.warning("skipping incoming folder with an invalid study id: %r", name)
@@ -87,7 +101,7 @@ def list_studies(store: ObjectStore, settings: Settings) -> list[str]:
 
 def is_done(store: ObjectStore, settings: Settings, model_version: str, study_id: str) -> bool:
     """Whether the study has a complete result for this model version (its done marker exists)."""
-    return store.exists(output_key(settings, model_version, study_id, DONE))
+    return store.exists(done_key(settings, model_version, study_id))
 
 
 def load_result(store: ObjectStore, settings: Settings, model_version: str,
@@ -202,13 +216,16 @@ def score_study(store: ObjectStore, settings: Settings, model: LoadedModel,
                       f"slice number(s) {dupes} appear more than once",
                       [k for n, k in found if n in dupes])
     indices, keys = [n for n, _ in found], [k for _, k in found]
+    clock = time.perf_counter()
     decoded = _read_study(store, settings, keys)
     problem = _check_slices(keys, decoded, settings.expected_slice_size)
     if problem is not None:
         raise _reject(store, settings, mv, study_id, *problem)
     images: list[np.ndarray] = decoded  # type: ignore[assignment]
+    read_s, clock = time.perf_counter() - clock, time.perf_counter()
     pred = predict_slices(model, images, batch_size=settings.batch_size,
                           mask_threshold=settings.mask_threshold)
+    model_s, clock = time.perf_counter() - clock, time.perf_counter()
     table = _slices_table(study_id, indices, keys, pred)
     store.put_parquet(output_key(settings, mv, study_id, "slices.parquet"), table)
     tumor = [i for i in range(len(images)) if pred.label[i]]
@@ -242,8 +259,36 @@ def score_study(store: ObjectStore, settings: Settings, model: LoadedModel,
     })
     store.put_json(summary_key, summary)
     done = {"study_id": study_id, "model_version": mv, "at": utc_now()}
-    if not store.put_json(output_key(settings, mv, study_id, DONE), done, new=True):
+    if not store.put_json(done_key(settings, mv, study_id), done, new=True):
         log.info("study %s: done marker already present (scored concurrently)", study_id)
-    log.info("scored study %s with %s: %d slices, %d with tumor", study_id, mv, len(images),
-             len(tumor))
-    return {"study_id": study_id, "status": "scored", **summary}
+    store.delete(quarantine_key(settings, mv, study_id))  # a fixed, re-uploaded study
+    timings = {"read_s": round(read_s, 4), "model_s": round(model_s, 4),
+               "write_s": round(time.perf_counter() - clock, 4)}
+    log.info("scored study %s with %s: %d slices, %d with tumor (read %.2fs, model %.2fs, "
+             "write %.2fs)", study_id, mv, len(images), len(tumor), *timings.values())
+    return {"study_id": study_id, "status": "scored", **summary, "timings": timings}
+
+
+def upload_study(store: ObjectStore, settings: Settings, folder: Path,
+                 study_id: str | None = None) -> tuple[str, int]:
+    """Upload a local study folder's slice TIFFs (masks left out) to ``incoming/<study_id>/``.
+
+    The study id defaults to the folder name; returns (study id, files uploaded).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"study folder not found: {folder}")
+    sid = check_study_id(study_id or folder.name)
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and _SLICE_RE.match(p.name) and not _MASK_RE.search(p.name))
+    if not files:
+        raise ValueError(f"no slice TIFFs (<name>_<N>.tif) in {folder}")
+    prefix = study_prefix(settings, sid)
+
+    def put(path: Path) -> None:
+        store.put(prefix + path.name, path.read_bytes(), content_type="image/tiff")
+
+    with ThreadPoolExecutor(max_workers=settings.io_workers) as pool:
+        list(pool.map(put, files))
+    log.info("uploaded study %s: %d slices to %s", sid, len(files), prefix)
+    return sid, len(files)

@@ -118,6 +118,26 @@ class Settings(BaseModel):
         None, description="Airflow connection (type aws) whose login, password and extra "
                           "endpoint_url replace the S3 settings for the trainer container.")
 
+    # --- scoring (batch_score DAG) ---
+    scoring_schedule: str = Field(
+        "*/10 * * * *", description="Cron (UTC) on which the scoring DAG looks for new studies; "
+                                    "a champion change also starts a run.")
+    scoring_max_studies_per_run: int = Field(
+        32, ge=1, description="Studies one scoring run takes on; a backlog is worked off over "
+                              "several runs.")
+    scoring_parallelism: int = Field(
+        2, ge=1, description="Studies scored at once within one run (mapped tasks).")
+    rescore_window_days: float = Field(
+        7.0, ge=0, description="After a champion change, studies that arrived within this many "
+                               "days are re-scored with it; older scored studies keep their "
+                               "result.")
+    scoring_queue: str = Field("scoring", description="Celery queue of the scoring tasks.")
+
+    # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
+    alert_notifier: str | None = Field(
+        None, description="Dotted path ('package.module:function') of a callable that gets "
+                          "each alert as a dict, besides the log line; unset: log only.")
+
     # --- promotion gate ---
     gate_min_sensitivity: float = Field(0.80, ge=0, le=1, description="Slice sensitivity floor.")
     gate_min_roc_auc: float = Field(0.85, ge=0, le=1, description="Slice ROC-AUC floor.")
@@ -182,7 +202,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
     if values.get("s3_endpoint_url", None) == "":
         values["s3_endpoint_url"] = None  # type: ignore[assignment]
     for optional in ("expected_slice_size", "weights", "max_train_slices",
-                     "gate_max_fp_per_patient", "s3_conn_id"):
+                     "gate_max_fp_per_patient", "s3_conn_id", "alert_notifier"):
         if values.get(optional, None) == "":
             values[optional] = None  # type: ignore[assignment]
     return values

@@ -7,6 +7,7 @@ thing. Each builds its S3 client from the settings it is given.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from brain_tumor.datasets import DatasetStore
@@ -168,10 +169,7 @@ def score(settings: Settings, study_ids: list[str] | None = None,
     from brain_tumor.score import StudyRejected, list_studies, score_study
 
     store = open_store(settings)
-    version = model_version or champion(settings)
-    if version is None:
-        raise RuntimeError("no champion model yet: promote one (retrain_nightly, or "
-                           "`brain-tumor registry promote MODEL_VERSION`) or pass --model-version")
+    version = model_version or _champion_or_fail(settings)
     model = load_model_version(store, settings, version)
     results, rejected = [], []
     for study_id in study_ids or list_studies(store, settings):
@@ -181,3 +179,62 @@ def score(settings: Settings, study_ids: list[str] | None = None,
             log.warning("study %s quarantined: %s", study_id, exc)
             rejected.append({"study_id": study_id, "reason": exc.reason, "detail": exc.detail})
     return {"model_version": version, "studies": results, "quarantined": rejected}
+
+
+class NoChampion(RuntimeError):
+    """Scoring was asked for but no model has been promoted yet."""
+
+
+def _champion_or_fail(settings: Settings) -> str:
+    version = champion(settings)
+    if version is None:
+        raise NoChampion("no champion model yet: promote one (retrain_nightly, or "
+                         "`brain-tumor registry promote MODEL_VERSION`) or pass --model-version")
+    return version
+
+
+def plan_scoring(settings: Settings, now: Any = None) -> dict[str, Any]:
+    """The champion and the incoming studies one scoring run takes on (brain_tumor.batch)."""
+    from brain_tumor.batch import plan_batch, scan
+
+
+    version = _champion_or_fail(settings)
+    store = open_store(settings)
+    inventory = scan(store, settings, version)
+    when = now or datetime.now(UTC)
+    plan = plan_batch(version, inventory, when, settings.rescore_window_days,
+                      settings.scoring_max_studies_per_run)
+    log.info("scoring plan with %s: %d due now, %d deferred to later runs, %d already done, "
+             "%d quarantined before, %d outside the %.1f-day re-scoring window", version,
+             len(plan.study_ids), plan.deferred, plan.already_done, plan.quarantined_before,
+             plan.outside_window, settings.rescore_window_days)
+    return plan.as_dict()
+
+
+def score_one(settings: Settings, model_version: str, study_id: str) -> dict[str, Any]:
+    """Score one study; a rejected study is quarantined and reported, not raised."""
+    from brain_tumor.predict import load_model_version
+    from brain_tumor.score import StudyRejected, score_study
+
+    store = open_store(settings)
+    model = load_model_version(store, settings, model_version)
+    try:
+        return score_study(store, settings, model, study_id)
+    except StudyRejected as exc:
+        return {"study_id": study_id, "status": "quarantined", "reason": exc.reason,
+                "detail": exc.detail}
+
+
+def finish_batch(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
+                 run_id: str, started_at: str, trigger: str | None = None) -> dict[str, Any]:
+    """Write the batch summary of a scoring run; returns it."""
+    from brain_tumor.batch import summarize, write_summary
+    from brain_tumor.datasets import utc_now
+
+    summary = summarize(plan, results, run_id, started_at, utc_now(), trigger)
+    key = write_summary(open_store(settings), settings, summary)
+    log.info("batch %s: %d scored, %d skipped, %d quarantined, %d failed, %d deferred, "
+             "%d with tumor -> %s", run_id, summary["studies_scored"],
+             summary["studies_skipped"], summary["studies_quarantined"],
+             summary["studies_failed"], summary["studies_deferred"], summary["tumors_found"], key)
+    return summary

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    last_modified: datetime | None = None
 
 
 class ObjectStore:
@@ -123,7 +125,8 @@ class ObjectStore:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'))
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'),
+                                     obj.get("LastModified"))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "list", prefix) from exc
 

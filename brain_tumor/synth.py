@@ -218,6 +218,18 @@ def make_export(root: Path, spec: SynthSpec) -> SynthReport:
     return SynthReport(root=root, patients=pids, slices=good, tumor_slices=tumor, bad_files=bad)
 
 
+def make_studies(root: Path, spec: SynthSpec) -> list[Path]:
+    """Write synthetic incoming studies (one per patient: slices without masks) under root.
+
+    Bad files of the spec (e.g. "corrupt", "wrong_size") land in the studies as they would in an
+    export; returns the study folders.
+    """
+    report = make_export(root, spec)
+    for mask in Path(report.root).rglob("*_mask.tif"):
+        mask.unlink()
+    return [Path(report.root) / pid for pid in report.patients]
+
+
 def _export_files(src_root: Path) -> list[tuple[Path, str]]:
     """All files under src_root, sorted, paired with their archive member name."""
     files = sorted(p for p in Path(src_root).rglob("*") if p.is_file())

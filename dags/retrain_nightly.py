@@ -31,11 +31,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
+from brain_tumor_airflow.alerts import model_rejected, on_dag_failure
+from brain_tumor_airflow.assets import CHAMPION
 
 log = logging.getLogger(__name__)
 
-CHAMPION = Asset(name="brain_tumor_champion")
 DEFAULT_ARGS = {"owner": "brain-tumor", "retries": 2, "retry_delay": timedelta(minutes=5)}
 
 
@@ -130,6 +131,7 @@ def reject(gate_result: dict[str, Any]) -> dict[str, Any]:
 
     event = steps.decide(_settings(), gate_result, run_id=get_current_context()["run_id"])
     log.warning("%s %s: %s", event["action"], event["model_version"], event["reason"])
+    model_rejected(event)
     return event
 
 
@@ -140,6 +142,7 @@ def reject(gate_result: dict[str, Any]) -> dict[str, Any]:
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    on_failure_callback=on_dag_failure,
     tags=["brain-tumor", "retraining"],
     doc_md=__doc__,
 )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from brain_tumor.settings import Settings
 
 #: training settings small enough for two CPU cores: one tiny model per session
 TINY_TRAINING = {
@@ -27,3 +31,22 @@ def ports_free(base: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def copy_model(src: Settings, version: str, dst: Settings, as_version: str | None = None) -> str:
+    """Publish a copy of model version (its files and model.json) in dst's bucket; returns its id.
+
+    Under another id (``as_version``) the copy stands for a second model with the same weights.
+    """
+    from brain_tumor.modelstore import MODEL_FILES, ModelStore
+    from brain_tumor.storage import ObjectStore
+
+    source, target = ObjectStore.from_settings(src), ObjectStore.from_settings(dst)
+    target.ensure_bucket()
+    new = as_version or version
+    for name in MODEL_FILES:
+        target.put(ModelStore(target, dst).key(new, name),
+                   source.get(ModelStore(source, src).key(version, name)))
+    record = {**ModelStore(source, src).record(version), "model_version": new}
+    target.put_json(ModelStore(target, dst).key(new, "model.json"), record)
+    return new

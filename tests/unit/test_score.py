@@ -90,12 +90,12 @@ def test_score_good_study_writes_every_output(env, model, tmp_path, monkeypatch)
     assert summary["tumor_volume_voxels"] == int(df["tumor_pixels"].sum())
     assert summary["max_probability"] == pytest.approx(float(df["probability"].max()))
     assert summary["dataset_version"] == model.record["dataset_version"]
-    assert {k: v for k, v in result.items() if k != "status"} == summary
+    assert {k: v for k, v in result.items() if k not in ("status", "timings")} == summary
     tumor_idx = sorted(df.loc[df["label"] == 1, "slice_index"])
     assert tumor_idx, "no tumor found in a study with lesions: the mask and overlay checks need one"
     folder = out("") + "/"
     written = sorted(k[len(folder):] for k in _listing(store, folder))
-    expected = sorted(["slices.parquet", "summary.json", "overview.png", "_DONE.json",
+    expected = sorted(["slices.parquet", "summary.json", "overview.png",
                        *(f"masks/{n}.png" for n in tumor_idx),
                        *(f"overlays/{n}.png" for n in tumor_idx)])
     assert written == expected
@@ -107,7 +107,9 @@ def test_score_good_study_writes_every_output(env, model, tmp_path, monkeypatch)
         pic = _png(store.get(out(f"overlays/{n}.png")))
         assert pic.shape == (256 + 2 * 22, 256, 3)
     assert _png(store.get(out("overview.png"))).ndim == 3
-    assert puts[-1].endswith("_DONE.json") and puts[-2].endswith("summary.json")
+    assert puts[-2:] == [out("summary.json"), score.done_key(settings, mv, sid)]  # marker last
+    assert score.done_key(settings, mv, sid) == f"scores/{mv}/_done/{sid}.json"
+    assert set(result["timings"]) == {"read_s", "model_s", "write_s"}
     assert score.is_done(store, settings, mv, sid)
     assert score.load_result(store, settings, mv, sid) == summary
     assert score.list_studies(store, settings) == [sid]
@@ -132,7 +134,7 @@ def test_rerun_is_skipped_and_writes_nothing(env, model, tmp_path, monkeypatch):
 
     assert again["status"] == "skipped"
     assert {k: v for k, v in again.items() if k != "status"} == \
-        {k: v for k, v in first.items() if k != "status"}
+        {k: v for k, v in first.items() if k not in ("status", "timings")}
     assert read == [score.output_key(settings, model.version, sid, "summary.json")]
     assert _listing(store, "") == before
 
@@ -144,7 +146,7 @@ def test_crash_before_done_leaves_no_result_and_rerun_completes(env, model, tmp_
     real_put_new = store.put_new
 
     def crash(key, data, content_type=None):
-        if key.endswith("_DONE.json"):
+        if "/_done/" in key:
             raise RuntimeError("simulated crash")
         return real_put_new(key, data, content_type=content_type)
 
@@ -158,7 +160,7 @@ def test_crash_before_done_leaves_no_result_and_rerun_completes(env, model, tmp_
     result = score.score_study(store, settings, model, sid)
     assert result["status"] == "scored"
     assert score.load_result(store, settings, model.version, sid) == \
-        {k: v for k, v in result.items() if k != "status"}
+        {k: v for k, v in result.items() if k not in ("status", "timings")}
 
 
 @pytest.mark.parametrize(("bad", "reason"), [
@@ -178,6 +180,32 @@ def test_bad_slice_rejects_whole_study(env, model, tmp_path, bad, reason):
     assert _listing(store, score.output_key(settings, model.version, sid, "") + "/") == {}
     assert not score.is_done(store, settings, model.version, sid)
     assert score.load_result(store, settings, model.version, sid) is None
+
+
+def test_fixed_study_scores_and_its_quarantine_record_goes(env, model, tmp_path):
+    settings, store = env
+    keys = _upload_study(store, settings, tmp_path, "fixme", slices=3, bad=("corrupt",))
+    with pytest.raises(score.StudyRejected):
+        score.score_study(store, settings, model, "fixme")
+    store.delete(keys[-1])  # the sender re-uploads the study without the broken slice
+
+    assert score.score_study(store, settings, model, "fixme")["status"] == "scored"
+    assert not store.exists(score.quarantine_key(settings, model.version, "fixme"))
+
+
+def test_upload_study_leaves_masks_out(env, tmp_path):
+    from brain_tumor.synth import make_studies
+
+    settings, store = env
+    folder = make_studies(tmp_path / "s", SynthSpec(patients=1, slices=3, size=32, seed=1))[0]
+    assert not list(folder.glob("*_mask.tif"))
+    (folder / "extra_1_mask.tif").write_bytes(b"x")  # a mask that came along is not uploaded
+    sid, count = score.upload_study(store, settings, folder)
+    assert (sid, count) == (folder.name, 3)
+    assert sorted(o.key for o in store.list(score.study_prefix(settings, sid))) == sorted(
+        f"incoming/{sid}/{p.name}" for p in folder.glob("*.tif") if "mask" not in p.name)
+    with pytest.raises(ValueError, match="no slice TIFFs"):
+        score.upload_study(store, settings, tmp_path)
 
 
 def test_empty_study_is_rejected(env, model):
@@ -203,7 +231,8 @@ def test_duplicate_slice_numbers_are_rejected(env, model, tmp_path):
     assert info.value.reason == "duplicate" and len(info.value.files) == 4
 
 
-@pytest.mark.parametrize("bad_id", ["", "a/b", "../x", "..", "a b", "quarantine", "é"])
+@pytest.mark.parametrize("bad_id", ["", "a/b", "../x", "..", "a b", "quarantine", "_done",
+                                    "batches", "é"])
 def test_bad_study_id_raises(env, model, bad_id):
     settings, store = env
     with pytest.raises(ValueError, match="invalid study id"):

@@ -1,0 +1,148 @@
+"""
+# Batch scoring: incoming studies → champion model → results, overlays, batch summary
+
+Studies arrive as folders of slice TIFFs under `incoming/<study_id>/`. This DAG scores the ones
+the champion has not scored yet and writes per study `scores/<champion>/<study_id>/`
+(`slices.parquet`, `summary.json`, masks, overlays, `overview.png`; a done marker last) and per
+run `scores/batches/<run_id>.json`.
+
+## When it runs
+- **On a short cron** (`BRAIN_TUMOR_SCORING_SCHEDULE`, default every 10 minutes, UTC): new S3
+  keys raise no Airflow event by themselves — asset watchers need an event trigger (a queue), not
+  an S3 listing — so the DAG polls. A poll that finds nothing is one listing of `incoming/` and
+  ends in seconds; a sensor would hold a worker slot (or a triggerer) all the time for the same
+  answer, and an event from the uploading side would need every uploader to call Airflow.
+- **When the champion changes**: `retrain_nightly`'s `promote` updates the `brain_tumor_champion`
+  asset, which starts a run at once (`AssetOrTimeSchedule`). It re-scores the studies that
+  arrived within `BRAIN_TUMOR_RESCORE_WINDOW_DAYS` (default 7); older studies keep the result of
+  the champion that scored them.
+
+## Tasks
+1. **plan**: the champion (none yet: the run fails at once, without retries, saying so) and the
+   due studies, oldest first, at most `BRAIN_TUMOR_SCORING_MAX_STUDIES_PER_RUN` (a backlog is
+   worked off over several runs).
+2. **score**: one mapped task per study, at most `BRAIN_TUMOR_SCORING_PARALLELISM` at once, on
+   the `BRAIN_TUMOR_SCORING_QUEUE` Celery queue. A study with unusable slices is quarantined
+   (`scores/<champion>/quarantine/<study_id>.json`) and the others go on; a storage outage fails
+   the task with the endpoint and key in the message, and it is retried. A study is all or
+   nothing: a crash leaves no visible partial result, and a retry rewrites the same keys.
+3. **summarize** (runs whatever happened upstream): writes the batch summary (planned, scored,
+   skipped, quarantined, failed, deferred, tumors found, time spent reading / in the model /
+   writing); fails the run if a study's task failed, after writing it.
+
+The model version is pinned by `plan`: a promotion during a run does not mix two models.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    dag,
+    get_current_context,
+    task,
+)
+from brain_tumor_airflow.assets import CHAMPION
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARGS = {"owner": "brain-tumor", "retries": 2, "retry_delay": timedelta(minutes=2)}
+
+
+def _settings() -> Any:
+    from brain_tumor.settings import load_settings
+
+    return load_settings()
+
+
+def _schedule() -> AssetOrTimeSchedule:
+    """The scoring cron, or a champion change, whichever comes first."""
+    cron = CronTriggerTimetable(_settings().scoring_schedule, timezone="UTC")
+    return AssetOrTimeSchedule(timetable=cron, assets=[CHAMPION])
+
+
+@task
+def plan() -> list[dict[str, str]]:
+    """The studies this run scores, as score's arguments; fails (no retry) without a champion.
+
+    The whole plan (champion, counts of what waits and why) goes to the XCom key ``batch``.
+    """
+    from airflow.exceptions import AirflowFailException
+
+    from brain_tumor import steps
+    from brain_tumor.datasets import utc_now
+
+    try:
+        batch = steps.plan_scoring(_settings())
+    except steps.NoChampion as exc:
+        raise AirflowFailException(str(exc)) from exc
+    batch.pop("deferred_ids")  # in the log; XCom keeps the counts
+    get_current_context()["ti"].xcom_push(key="batch", value={**batch, "started_at": utc_now()})
+    if not batch["study_ids"]:
+        log.info("no studies to score with %s", batch["model_version"])
+    return [{"model_version": batch["model_version"], "study_id": sid}
+            for sid in batch["study_ids"]]
+
+
+@task
+def score(model_version: str, study_id: str) -> dict[str, Any]:
+    """Score one study with the pinned model version (quarantined if unusable)."""
+    from brain_tumor import steps
+
+    result = steps.score_one(_settings(), model_version, study_id)
+    if result["status"] == "quarantined":
+        log.warning("study %s quarantined (%s): %s", study_id, result["reason"], result["detail"])
+    return result
+
+
+@task(trigger_rule="all_done")
+def summarize() -> dict[str, Any]:
+    """Write the batch summary; fail the run if a planned study's task failed."""
+    from airflow.exceptions import AirflowException, AirflowFailException
+
+    from brain_tumor import steps
+
+    context = get_current_context()
+    ti = context["ti"]
+    batch = ti.xcom_pull(task_ids="plan", key="batch")
+    if batch is None:
+        raise AirflowFailException("no batch to summarize: the plan task failed (see its log)")
+    planned = len(batch["study_ids"])
+    results = ti.xcom_pull(task_ids="score", map_indexes=list(range(planned))) if planned else []
+    run = context["dag_run"]
+    run_type = getattr(run.run_type, "value", run.run_type)
+    summary = steps.finish_batch(_settings(), batch, [r for r in results if r], run.run_id,
+                                 batch["started_at"], str(run_type))
+    if summary["failed"]:
+        raise AirflowException(f"{summary['studies_failed']} study task(s) failed: "
+                               f"{', '.join(summary['failed'])}; the next run retries them")
+    return summary
+
+
+@dag(
+    dag_id="batch_score",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["brain-tumor", "scoring"],
+    doc_md=__doc__,
+    schedule=_schedule(),
+)
+def batch_score() -> None:
+    """The batch scoring pipeline (see the module docstring)."""
+    settings = _settings()
+    studies = plan()
+    scored = score.override(queue=settings.scoring_queue,
+                            max_active_tis_per_dagrun=settings.scoring_parallelism
+                            ).expand_kwargs(studies)
+    summary = summarize()
+    studies >> scored >> summary
+    studies >> summary
+
+
+batch_score()
