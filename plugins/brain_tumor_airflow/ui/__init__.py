@@ -1,0 +1,1 @@
+"""The ops monitoring pages (models, gate decisions, trends, scoring) served inside Airflow."""

@@ -1,0 +1,233 @@
+"""What the ops pages show, read from the objects the pipeline writes (registry, models, datasets,
+scores). Nothing here writes: the registry and S3 stay the only source of truth.
+
+Ids that come from a URL are checked here (``check_model_version``, ``check_study_id``, ...)
+before any key is built from them, so a request cannot name a key outside the project's prefixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from brain_tumor.datasets import DatasetStore
+from brain_tumor.modelstore import ModelStore
+from brain_tumor.registry import Registry
+from brain_tumor.schemas import SchemaError, validate_record
+from brain_tumor.score import DONE_DIR, QUARANTINE, is_study_id
+from brain_tumor.settings import Settings
+from brain_tumor.storage import KeyNotFound, ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+#: headline metrics shown per model version: (label, section of metrics.json, key)
+HEADLINE = (
+    ("sensitivity", "slice", "sensitivity"),
+    ("specificity", "slice", "specificity"),
+    ("roc_auc", "slice", "roc_auc"),
+    ("dice_per_patient_mean", "localization", "dice_per_patient_mean"),
+    ("detection_rate", "patient", "detection_rate"),
+    ("false_positive_slices_per_patient", "patient", "false_positive_slices_per_patient"),
+    ("ece", "calibration", "ece"),
+)
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
+RECENT_BATCHES = 50
+RECENT_STUDIES = 100
+
+
+class NotFound(LookupError):
+    """The thing a URL names does not exist (or its name is not allowed)."""
+
+
+def check_model_version(value: str) -> str:
+    """value if it can be a model version id (letters, digits, '._-', no leading dot)."""
+    if not isinstance(value, str) or not _VERSION_RE.match(value) or ".." in value:
+        raise NotFound(f"not a model version id: {value!r:.80}")
+    return value
+
+
+def check_study_id(value: str) -> str:
+    """value if it is a valid study id (brain_tumor.score's rule)."""
+    if not is_study_id(value) or value.startswith("."):
+        raise NotFound(f"not a study id: {value!r:.80}")
+    return value
+
+
+def check_png_name(value: str) -> str:
+    """value if it is a plain PNG file name (no folders, no leading dot)."""
+    if not isinstance(value, str) or not _FILE_RE.match(value) or ".." in value:
+        raise NotFound(f"not a picture name: {value!r:.80}")
+    return value
+
+
+def headline(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """name -> {value, interval} of the headline metrics of a metrics.json (empty if None)."""
+    if not metrics:
+        return {}
+    intervals = metrics.get("intervals") or {}
+    return {name: {"value": (metrics.get(section) or {}).get(key),
+                   "interval": intervals.get(name)}
+            for name, section, key in HEADLINE}
+
+
+@dataclass
+class OpsData:
+    """Read-only views of the pipeline's objects for the pages."""
+
+    store: ObjectStore
+    settings: Settings
+
+    @property
+    def models(self) -> ModelStore:
+        return ModelStore(self.store, self.settings)
+
+    # --- models and registry ---
+    def registry(self) -> dict[str, Any]:
+        """The champion, its stack and every registry event (newest first)."""
+        registry = Registry(self.store, self.settings)
+        events = registry.events()
+        stack = registry._replay(events)[0]
+        return {"champion": stack[-1] if stack else None, "history": stack,
+                "events": list(reversed(events))}
+
+    def model_versions(self) -> list[dict[str, Any]]:
+        """Every model version (newest first): model.json, headline metrics, plots, card."""
+        out = []
+        for version in reversed(self.models.versions()):
+            record = self.models.record(version)
+            out.append({"model": record, "metrics": headline(self.metrics(version)),
+                        "plots": self.plots(version),
+                        "has_card": self.store.exists(self.models.key(version, "model_card.md"))})
+        return out
+
+    def metrics(self, version: str) -> dict[str, Any] | None:
+        """The model's metrics.json on its own test patients, or None if not evaluated yet."""
+        try:
+            return validate_record("metrics", self.store.get_json(
+                self.models.key(check_model_version(version), "metrics.json")))
+        except KeyNotFound:
+            return None
+
+    def plots(self, version: str) -> list[str]:
+        """File names of the model's evaluation plots."""
+        prefix = self.models.key(check_model_version(version), "plots") + "/"
+        return [info.key[len(prefix):] for info in self.store.list(prefix)
+                if _FILE_RE.match(info.key[len(prefix):])]
+
+    def model_card(self, version: str) -> str:
+        """The model card's Markdown."""
+        self._known_model(version)
+        try:
+            return self.store.get(self.models.key(version, "model_card.md")).decode("utf-8")
+        except KeyNotFound as exc:
+            raise NotFound(f"model version {version} has no model card yet") from exc
+
+    def plot(self, version: str, name: str) -> bytes:
+        """The PNG bytes of one evaluation plot."""
+        self._known_model(version)
+        return self._get(self.models.key(version, "plots", check_png_name(name)))
+
+    def _known_model(self, version: str) -> None:
+        if not self.models.exists(check_model_version(version)):
+            raise NotFound(f"no model version {version!r}")
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except KeyNotFound as exc:
+            raise NotFound(f"no object {key}") from exc
+
+    # --- gate ---
+    def gate_results(self) -> list[dict[str, Any]]:
+        """Every gate result of every candidate, newest model first."""
+        results = []
+        for version in reversed(self.models.versions()):
+            prefix = self.models.key(version, "gate") + "/"
+            for info in self.store.list(prefix):
+                name = info.key[len(prefix):]
+                if "/" in name or not name.endswith(".json"):
+                    continue
+                try:
+                    record = validate_record("gate_result", self.store.get_json(info.key))
+                except (SchemaError, StorageError) as exc:
+                    log.warning("unreadable gate result %s: %s", info.key, exc)
+                    continue
+                results.append({**record, "dataset_version": name[:-5],
+                                "at": info.last_modified})
+        return results
+
+    # --- datasets ---
+    def dataset_versions(self) -> list[dict[str, Any]]:
+        """Every committed dataset version's dataset.json, oldest first."""
+        datasets = DatasetStore(self.store, self.settings)
+        root = self.settings.key("datasets")  # ends with "/"
+        found = []
+        for folder in self.store.list_dirs(root):
+            version = folder[len(root):].rstrip("/")
+            if datasets.exists(version):
+                found.append(datasets.record(version))
+        return sorted(found, key=lambda r: r["created_at"])
+
+    # --- scoring ---
+    def batches(self, limit: int = RECENT_BATCHES) -> list[dict[str, Any]]:
+        """The most recent scoring batch summaries, newest first."""
+        prefix = self.settings.key("scores", "batches") + "/"
+        infos = sorted((i for i in self.store.list(prefix) if i.key.endswith(".json")),
+                       key=lambda i: i.last_modified or 0, reverse=True)[:limit]
+        found = []
+        for info in infos:
+            try:
+                found.append(validate_record("batch_summary", self.store.get_json(info.key)))
+            except (SchemaError, StorageError) as exc:
+                log.warning("unreadable batch summary %s: %s", info.key, exc)
+        return sorted(found, key=lambda b: b.get("started_at") or "", reverse=True)
+
+    def scored_studies(self, limit: int = RECENT_STUDIES) -> list[dict[str, Any]]:
+        """The most recently scored studies of every model version: study id, model, when."""
+        root = self.settings.key("scores")  # ends with "/"
+        found = []
+        for folder in self.store.list_dirs(root):
+            version = folder[len(root):].rstrip("/")
+            if version == "batches" or not _VERSION_RE.match(version):
+                continue
+            done = f"{folder}{DONE_DIR}/"
+            for info in self.store.list(done):
+                study = info.key[len(done):].removesuffix(".json")
+                if info.key.endswith(".json") and is_study_id(study):
+                    found.append({"study_id": study, "model_version": version,
+                                  "at": info.last_modified})
+        return sorted(found, key=lambda s: s["at"] or 0, reverse=True)[:limit]
+
+    def quarantined_studies(self, version: str) -> list[dict[str, Any]]:
+        """The quarantine records of a model version's scoring."""
+        prefix = self.settings.key("scores", check_model_version(version), QUARANTINE) + "/"
+        records = []
+        for info in self.store.list(prefix):
+            try:
+                records.append(self.store.get_json(info.key))
+            except StorageError as exc:
+                log.warning("unreadable quarantine record %s: %s", info.key, exc)
+        return records
+
+    def study(self, version: str, study_id: str) -> dict[str, Any]:
+        """A scored study: its summary and the slice numbers that have overlays."""
+        self._known_model(version), check_study_id(study_id)
+        done = self.settings.key("scores", version, DONE_DIR, f"{study_id}.json")
+        if not self.store.exists(done):
+            raise NotFound(f"study {study_id} has no result from model version {version}")
+        base = self.settings.key("scores", version, study_id)
+        summary = validate_record("study_summary", self.store.get_json(f"{base}/summary.json"))
+        prefix = f"{base}/overlays/"
+        slices = sorted(int(m.group(1)) for i in self.store.list(prefix)
+                        if (m := re.fullmatch(r"(\d+)\.png", i.key[len(prefix):])))
+        return {"summary": summary, "overlays": slices}
+
+    def study_picture(self, version: str, study_id: str, name: str) -> bytes:
+        """overview.png or overlays/<n>.png of a scored study."""
+        self._known_model(version), check_study_id(study_id)
+        if name != "overview.png" and not re.fullmatch(r"overlays/\d{1,6}\.png", name):
+            raise NotFound(f"not a study picture: {name!r:.80}")
+        return self._get(self.settings.key("scores", version, study_id, name))
