@@ -54,12 +54,18 @@ def cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.synth import SynthSpec, make_archive, make_export
+    from brain_tumor.synth import SynthSpec, make_archive, make_export, make_studies
 
     spec = SynthSpec(patients=args.patients, slices=args.slices, size=args.size, seed=args.seed,
                      tumor_free_patients=args.tumor_free, bad=tuple(args.bad),
                      first_patient=args.first_patient)
     out = Path(args.out)
+    if args.studies:
+        folders = make_studies(out, spec)
+        _emit(args, {"studies": [str(f) for f in folders]},
+              f"wrote {len(folders)} studies (slices without masks) to {out}; "
+              f"submit them with: brain-tumor submit {out}/*")
+        return 0
     report = make_export(out, spec)
     archive = make_archive(out, Path(args.archive)) if args.archive else None
     data = {"root": str(report.root), "patients": len(report.patients), "slices": report.slices,
@@ -68,6 +74,20 @@ def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
     _emit(args, data, f"wrote {len(report.patients)} patients, {report.slices} slices "
                       f"({report.tumor_slices} with tumor), {len(report.bad_files)} bad files "
                       f"to {out}" + (f"; archive {archive}" if archive else ""))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.score import upload_study
+
+    store = _store(settings)
+    rows = []
+    for path in args.folders:
+        sid, count = upload_study(store, settings, Path(path),
+                                  args.study_id if len(args.folders) == 1 else None)
+        rows.append({"study_id": sid, "slices": count})
+    _emit(args, rows, "\n".join(f"submitted {r['study_id']}: {r['slices']} slices to incoming/"
+                                 for r in rows))
     return 0
 
 
@@ -249,6 +269,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             f"Airflow home    {summary['airflow_home']} (log {summary['airflow_log']})",
             "look closer:    brain-tumor datasets | exports | models | registry list; "
             "README 'Watching it in the Airflow UI'"]
+    scoring = summary.get("scoring")
+    if scoring:
+        text.append(f"scored with     {scoring['model_version']}:")
+        for sid, found in scoring["studies"].items():
+            if "summary" in found:
+                s = found["summary"]
+                text.append(f"  {sid:28} tumor {'yes' if s['tumor_present'] else 'no ':3} "
+                            f"({s['tumor_slices']}/{s['slices']} slices)  {found['overview']}")
+            else:
+                q = found["quarantined"] or {}
+                text.append(f"  {sid:28} QUARANTINED {q.get('reason')}: {q.get('detail')}")
+    else:
+        text.append("scored with     nothing: no champion yet, so no studies were scored")
     _emit(args, summary, "\n".join(text))
     return 0
 
@@ -296,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tumor-free", type=int, default=1, help="patients with no tumor at all")
     p.add_argument("--first-patient", type=int, default=0, help="number of the first patient")
+    p.add_argument("--studies", action="store_true",
+                   help="write incoming studies (one per patient, no masks) instead of an export")
     p.add_argument("--bad", action="append", default=[], metavar="KIND",
                    help="inject a bad file: corrupt, truncated, missing_mask, orphan_mask, "
                         "shape_mismatch, nonbinary_mask, uint16, channels, bad_name, wrong_size")
@@ -304,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("upload", cmd_upload, "Upload a local export folder or archive to exports/ in S3.")
     p.add_argument("path")
     p.add_argument("--export-id", help="default: the folder or archive name")
+
+    p = add("submit", cmd_submit, "Upload study folders (a patient's slice TIFFs; masks are "
+                                  "left out) to incoming/<study_id>/ for the scoring DAG.")
+    p.add_argument("folders", nargs="+", metavar="FOLDER")
+    p.add_argument("--study-id", help="default: the folder name (only with one folder)")
 
     p = add("exports", cmd_exports, "List the exports in S3 and the dataset version each went into.")
     p.add_argument("--new", action="store_true", help="only exports not ingested yet")

@@ -1,8 +1,11 @@
-"""The main job on the embedded default: S3 server up, an export in, the retraining DAG run.
+"""The main job on the embedded default: S3 server up, an export in, retraining, then scoring.
 
 ``brain-tumor demo`` starts the embedded SeaweedFS server, uploads an export (a synthetic one
 made here, or a folder/archive given with ``--export``), prepares a local Airflow on SQLite and
-runs the ``retrain_nightly`` DAG once with ``airflow dags test``. Airflow runs as a subprocess:
+runs the ``retrain_nightly`` DAG once with ``airflow dags test``; then, once there is a champion,
+drops a few synthetic studies (one with a corrupt slice) into ``incoming/``, runs the
+``batch_score`` DAG once and copies each study's summary and pictures to
+``<home>/results/<model>/<study>/``. Airflow runs as a subprocess:
 this module only sets its environment. Re-running is safe: an export already uploaded is not
 uploaded again, and the DAG then finds nothing new and ends early.
 """
@@ -22,7 +25,7 @@ from brain_tumor import embedded_s3, steps
 from brain_tumor.datasets import DatasetNotFound, DatasetStore
 from brain_tumor.exports import list_exports, split_archive_name, upload_export
 from brain_tumor.settings import Settings, settings_to_env
-from brain_tumor.synth import SynthSpec, make_export
+from brain_tumor.synth import SynthSpec, make_export, make_studies
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,15 @@ log = logging.getLogger(__name__)
 PROFILES: dict[str, SynthSpec] = {
     "tiny": SynthSpec(patients=12, slices=6, size=32, seed=1, bad=("corrupt",)),
     "small": SynthSpec(patients=16, slices=12, size=64, seed=0, bad=("corrupt", "nonbinary_mask")),
+}
+
+
+#: synthetic incoming studies scored at the end of the demo (one has a corrupt slice)
+STUDY_PROFILES: dict[str, SynthSpec] = {
+    "tiny": SynthSpec(patients=3, slices=5, size=32, seed=101, first_patient=900,
+                      tumor_free_patients=1, bad=("corrupt",), patient_prefix="STUDY"),
+    "small": SynthSpec(patients=4, slices=10, size=64, seed=102, first_patient=900,
+                       tumor_free_patients=1, bad=("corrupt",), patient_prefix="STUDY"),
 }
 
 
@@ -71,6 +83,14 @@ class DemoPaths:
     @property
     def exports(self) -> Path:
         return self.home / "exports"
+
+    @property
+    def studies(self) -> Path:
+        return self.home / "studies"
+
+    @property
+    def results(self) -> Path:
+        return self.home / "results"
 
 
 def default_dags_folder() -> Path:
@@ -137,6 +157,47 @@ def prepare_export(settings: Settings, paths: DemoPaths, profile: str,
     return export_id
 
 
+def prepare_studies(settings: Settings, paths: DemoPaths, profile: str) -> list[str]:
+    """Upload the profile's synthetic studies to incoming/ (those not there yet)."""
+    from brain_tumor.score import list_studies, upload_study
+
+    store = steps.open_store(settings)
+    root = paths.studies / profile
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    if not folders:
+        folders = make_studies(root, STUDY_PROFILES[profile])
+    present = set(list_studies(store, settings))
+    for folder in folders:
+        if folder.name not in present:
+            upload_study(store, settings, folder)
+    return [f.name for f in folders]
+
+
+def fetch_results(settings: Settings, paths: DemoPaths, model_version: str,
+                  study_ids: list[str]) -> dict[str, dict]:
+    """Copy each scored study's summary and pictures to <home>/results/<model>/<study>/."""
+    from brain_tumor.score import load_result, output_key, quarantine_key
+
+    store = steps.open_store(settings)
+    found: dict[str, dict] = {}
+    for sid in study_ids:
+        summary = load_result(store, settings, model_version, sid)
+        if summary is None:
+            key = quarantine_key(settings, model_version, sid)
+            found[sid] = {"quarantined": store.get_json(key) if store.exists(key) else None}
+            continue
+        folder = paths.results / model_version / sid
+        prefix = output_key(settings, model_version, sid, "")
+        for obj in store.list(prefix):
+            if obj.key.endswith((".png", ".json")):
+                target = folder / obj.key[len(prefix):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(store.get(obj.key))
+        found[sid] = {"summary": summary, "folder": str(folder),
+                      "overview": str(folder / "overview.png"), "s3_prefix": prefix}
+    return found
+
+
 def run_demo(settings: Settings, profile: str = "small", export: Path | None = None,
              dags_folder: Path | None = None) -> dict:
     """Run the main job end to end; returns what it made (and where to look)."""
@@ -180,5 +241,13 @@ def run_demo(settings: Settings, profile: str = "small", export: Path | None = N
                                 if events else None)
     summary["gate_floors"] = {k: getattr(settings, k) for k in (
         "gate_min_sensitivity", "gate_min_roc_auc", "gate_min_dice")}
+    summary["scoring"] = None
+    if summary["champion"]:
+        study_ids = prepare_studies(settings, paths, profile)
+        print(f"running the batch_score DAG on {len(study_ids)} studies ...", flush=True)
+        _airflow(["dags", "test", "batch_score"], env, log_file)
+        summary["scoring"] = {"model_version": summary["champion"],
+                              "studies": fetch_results(settings, paths, summary["champion"],
+                                                       study_ids)}
     log.info("demo summary: %s", json.dumps(summary, default=str))
     return summary

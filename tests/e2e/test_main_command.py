@@ -51,7 +51,17 @@ def test_main_command_runs_end_to_end_and_again(demo_env):
     assert status["running"]  # the embedded server keeps serving after the demo
     log = Path(demo_env["BRAIN_TUMOR_HOME"], "demo-airflow.log").read_text()
     assert "DagRun Finished" in log and "state=success" in log
+    assert "dag_id=batch_score" in log
+    champion = events["champion"]  # the tiny profile's relaxed gate promotes the first model
+    assert champion and f"scored with     {champion}" in out.stdout  # the job ends with scoring
+    results = Path(demo_env["BRAIN_TUMOR_HOME"], "results", champion)
+    scored = sorted(p.parent.name for p in results.glob("*/overview.png"))
+    assert len(scored) == 2 and all(name in out.stdout for name in scored)
+    assert out.stdout.count("QUARANTINED unreadable") == 1
+    assert all((results / sid / "summary.json").exists() for sid in scored)
     again = _demo(demo_env)  # re-running is safe: nothing new, the DAG ends early and green
     assert record["version"] in again.stdout
     log = Path(demo_env["BRAIN_TUMOR_HOME"], "demo-airflow.log").read_text()
     assert "no new exports" in log
+    assert again.stdout.count("QUARANTINED unreadable") == 1  # nothing scored twice or lost
+    assert sorted(p.parent.name for p in results.glob("*/overview.png")) == scored

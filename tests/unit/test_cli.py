@@ -7,7 +7,7 @@ import pytest
 from brain_tumor.cli import build_parser, main
 from brain_tumor.settings import settings_to_env
 
-COMMANDS = ["storage", "synth", "upload", "exports", "ingest", "split", "train", "evaluate", "score",
+COMMANDS = ["storage", "synth", "upload", "submit", "exports", "ingest", "split", "train", "evaluate", "score",
             "models", "registry", "datasets", "demo", "settings", "schemas"]
 
 
@@ -47,6 +47,21 @@ def test_synth_upload_ingest_split_from_the_cli(cli_env, tmp_path, capsys):
     assert "train" in text and "tumor slices" in text
     assert main(["--json", "datasets"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["patients"] == 5
+
+
+def test_synth_studies_and_submit_them(cli_env, store, tmp_path, capsys):
+    out = tmp_path / "studies"
+    assert main(["--json", "synth", str(out), "--studies", "--patients", "2", "--slices", "3",
+                 "--size", "32"]) == 0
+    folders = json.loads(capsys.readouterr().out)["studies"]
+    assert len(folders) == 2 and not list(out.rglob("*_mask.tif"))
+    assert main(["--json", "submit", *folders]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["slices"] for r in rows] == [3, 3]
+    assert sorted(store.list_dirs("incoming/")) == sorted(
+        f"incoming/{r['study_id']}/" for r in rows)
+    assert main(["submit", folders[0], "--study-id", "../escape"]) == 1
+    assert "invalid study id" in capsys.readouterr().err
 
 
 def test_failures_exit_non_zero_with_the_reason(cli_env, tmp_path, capsys):
