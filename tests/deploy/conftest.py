@@ -19,15 +19,16 @@ from deploy_services import (Postgres, Redis, ServiceError, install_stack, postg
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-#: wall times of the session's deployment steps, printed in the terminal summary
+#: wall times (seconds) of the session's deployment steps and other figures (unit in the name),
+#: printed in the terminal summary
 TIMINGS: dict[str, float] = {}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
     if TIMINGS:
-        terminalreporter.write_sep("-", "deployment timings (wall seconds)")
+        terminalreporter.write_sep("-", "deployment figures (wall seconds unless named)")
         for name, seconds in TIMINGS.items():
-            terminalreporter.write_line(f"{name:36} {seconds:8.1f}")
+            terminalreporter.write_line(f"{name:40} {seconds:8.1f}")
 
 
 def unavailable(reason: str) -> None:

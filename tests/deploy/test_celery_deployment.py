@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -109,8 +110,32 @@ def airflow(postgres: Postgres, redis_server: Redis, deploy_settings: Settings,
         services.stop()
         raise
     deploy_timings["airflow + 2 celery workers up"] = time.monotonic() - t
+    sampler = ConnectionSampler(postgres)
+    sampler.start()
     yield services
+    sampler.stop()
+    deploy_timings["postgres connections, peak (count)"] = sampler.peak
     services.stop()
+
+
+class ConnectionSampler(threading.Thread):
+    """Samples the metadata DB's open connections every 2 s; keeps the peak (for sizing)."""
+
+    def __init__(self, postgres: Postgres) -> None:
+        super().__init__(daemon=True)
+        self.postgres, self.peak = postgres, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(2):
+            try:
+                self.peak = max(self.peak, self.postgres.connections())
+            except Exception:  # noqa: BLE001 (a sample lost while the server is busy)
+                continue
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
 
 
 def wait_for_workers(services: AirflowServices, timeout: float) -> None:
@@ -180,13 +205,16 @@ def retrained(airflow: AirflowServices, deploy_settings: Settings,
 
 def test_retraining_runs_on_the_celery_workers(
         airflow: AirflowServices, retrained: tuple[dict[str, Any], list[dict]],
-        deploy_settings: Settings, postgres: Postgres) -> None:
+        deploy_settings: Settings, postgres: Postgres,
+        deploy_timings: dict[str, float]) -> None:
     run, tis = retrained
 
     assert run["state"] == "success", (states(tis), airflow.logs())
     assert {t for t, s in states(tis).items() if s == "success"} == RETRAIN_TASKS
     ran = assert_ran_on_their_queues(tis)
     assert "train" in ran.get("default", set())  # the local trainer: a process on a worker
+    deploy_timings["train task (tiny model) (s)"] = next(
+        ti["duration"] for ti in tis if ti["task_id"] == "train")
     champion = steps.champion(deploy_settings)
     assert champion is not None and champion.startswith("m-")
     # the metadata DB really is this PostgreSQL server, and the executor Celery
@@ -215,6 +243,8 @@ def test_scoring_runs_on_the_scoring_queue(
 
     assert run["state"] == "success", (states(tis), airflow.logs())
     scored = [ti for ti in tis if ti["task_id"] == "score"]
+    deploy_timings["score task, mean per study (s)"] = (
+        sum(ti["duration"] or 0 for ti in scored) / max(1, len(scored)))
     assert len(scored) == len(study_ids) and all(ti["state"] == "success" for ti in scored)
     assert all(ti["queue"] == deploy_settings.scoring_queue for ti in scored)
     ran = assert_ran_on_their_queues(tis)
