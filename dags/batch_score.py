@@ -46,6 +46,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary
 from brain_tumor_airflow.assets import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def score(model_version: str, study_id: str) -> dict[str, Any]:
     return result
 
 
-@task(trigger_rule="all_done")
+@task(trigger_rule="all_done", on_success_callback=on_scoring_summary)
 def summarize() -> dict[str, Any]:
     """Write the batch summary; fail the run if a planned study's task failed."""
     from airflow.exceptions import AirflowException, AirflowFailException
@@ -129,6 +130,7 @@ def summarize() -> dict[str, Any]:
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    on_failure_callback=on_dag_failure,
     tags=["brain-tumor", "scoring"],
     doc_md=__doc__,
     schedule=_schedule(),
