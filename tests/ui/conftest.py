@@ -44,8 +44,8 @@ def ops_server(filled, tmp_path_factory: pytest.TempPathFactory) -> Iterator[obj
     services = AirflowServices(tmp_path_factory.mktemp("ops-airflow"),
                                env=settings_to_env(filled.settings),
                                components=(("api-server",),))
-    services.start()
     try:
+        services.start()
         services.airflow("dags", "reserialize")
         run_id = services.trigger("retrain_nightly")
         services.api("PATCH", f"dags/retrain_nightly/dagRuns/{run_id}",

@@ -11,8 +11,10 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brain_tumor_airflow.ui import pages
 from brain_tumor_airflow.ui.auth import require_user
@@ -78,10 +80,14 @@ def create_app() -> FastAPI:
     async def not_found(request: Request, exc: NotFound) -> HTMLResponse:
         return _html(pages.error_page(_base(request), 404, str(exc)), 404)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> HTMLResponse:
+    @app.exception_handler(StarletteHTTPException)  # 401/403 from require_user, unknown paths
+    async def http_error(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
         return _html(pages.error_page(_base(request), exc.status_code, str(exc.detail)),
                      exc.status_code)
+
+    @app.exception_handler(RequestValidationError)  # e.g. a slice number that is not a number
+    async def bad_path(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        return _html(pages.error_page(_base(request), 404, "no such page"), 404)
 
     @app.get("/")
     def index(request: Request) -> RedirectResponse:
