@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from brain_tumor_airflow.ui.charts import Series, line_chart
@@ -72,3 +74,9 @@ def test_pages_escape_stored_text_and_carry_the_notice() -> None:
     html = gates_page("/brain-tumor", [result], [])
     assert "<img src=x>" not in html and "&lt;img src=x&gt;" in html
     assert html.count(NOTICE) == 2 and "FAIL" in html
+
+
+def test_chart_axis_starts_at_zero_for_non_negative_data() -> None:
+    svg = line_chart("ece", ["m1"], [Series("ECE", [0.24])])
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([-0-9.e]+)<', svg)]
+    assert min(ticks) == 0.0 and max(ticks) >= 0.24

@@ -32,9 +32,12 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[Series],
         return f'<p class="empty">{escape(title)}: no data yet.</p>'
     points = [v for s in series for v in s.values if _finite(v)]
     points += [b for s in series for iv in (s.intervals or []) if iv for b in iv if _finite(b)]
-    lo, hi = y_range or ((min(points), max(points)) if points else (0.0, 1.0))
+    if y_range:
+        lo, hi = y_range
+    else:  # counts and error rates start at 0, so a flat line does not look like a swing
+        lo, hi = (min(0.0, min(points)), max(points)) if points else (0.0, 1.0)
     if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
+        hi = lo + max(abs(lo), 1.0)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / max(1, len(labels) - 1)
 

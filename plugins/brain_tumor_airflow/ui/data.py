@@ -88,8 +88,8 @@ class OpsData:
     def registry(self) -> dict[str, Any]:
         """The champion, its stack and every registry event (newest first)."""
         registry = Registry(self.store, self.settings)
-        events = registry.events()
-        stack = registry._replay(events)[0]
+        stack = registry.champion_history()
+        events = registry.events()  # a listing: event records are cached by the registry
         return {"champion": stack[-1] if stack else None, "history": stack,
                 "events": list(reversed(events))}
 
