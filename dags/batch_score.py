@@ -46,7 +46,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary
+from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary, scoring_quarantine
 from brain_tumor_airflow.assets import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def summarize() -> dict[str, Any]:
     summary = steps.finish_batch(_settings(), batch, [r for r in results if r], run.run_id,
                                  batch["started_at"], str(run_type))
     if summary["failed"]:
+        scoring_quarantine(summary)  # the success callback will not run: alert here
         raise AirflowException(f"{summary['studies_failed']} study task(s) failed: "
                                f"{', '.join(summary['failed'])}; the next run retries them")
     return summary
