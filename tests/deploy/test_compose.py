@@ -1,4 +1,4 @@
-"""docker/compose.yaml against the Compose Specification's JSON schema, and its images and env files.
+"""docker/compose.yaml against the Compose Specification's JSON schema; its images and env files.
 
 The schema is the Compose Specification's ``compose_spec.json`` as shipped inside the
 ``docker-compose`` 1.29.2 wheel on PyPI (``compose/config/compose_spec.json``; Compose v1 is the
