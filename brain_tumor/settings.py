@@ -131,7 +131,9 @@ class Settings(BaseModel):
         7.0, ge=0, description="After a champion change, studies that arrived within this many "
                                "days are re-scored with it; older scored studies keep their "
                                "result.")
-    scoring_queue: str = Field("scoring", description="Celery queue of the scoring tasks.")
+    scoring_queue: str = Field(
+        "scoring", description="Celery queue of the tasks that need TensorFlow: scoring, "
+                               "evaluation and gate, local training (the ML workers).")
 
     # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
     alert_notifier: str | None = Field(

@@ -22,7 +22,9 @@ has not seen (`exports/<export_id>/` folders or archives) and, if there are any:
    rejection with its reasons and the champion stays.
 
 Each task calls one function of `brain_tumor.steps` with settings from the worker's
-`BRAIN_TUMOR_*` environment; XCom carries only ids, counts and metric dicts.
+`BRAIN_TUMOR_*` environment; XCom carries only ids, counts and metric dicts. The tasks that need
+TensorFlow (`evaluate`, `gate`, and `train` when it runs locally) go to the Celery queue
+`BRAIN_TUMOR_SCORING_QUEUE` (the ML workers); the others to the default queue.
 """
 
 from __future__ import annotations
@@ -153,12 +155,13 @@ def retrain_nightly() -> None:
     settings = _settings()
     dataset = ingest(find_new_exports())
     splits = split(dataset["dataset_version"])
+    ml = settings.scoring_queue  # the workers with TensorFlow
     train = train_task(settings.trainer, "{{ ti.xcom_pull(task_ids='split', key='dataset_version') }}",
-                       settings.train_pool)
-    candidate = evaluate(splits["dataset_version"])
+                       settings.train_pool, ml_queue=ml)
+    candidate = evaluate.override(queue=ml)(splits["dataset_version"])
     current = champion()
     splits >> train >> [candidate, current]
-    checked = gate(candidate, current)
+    checked = gate.override(queue=ml)(candidate, current)
     route(checked) >> [promote(checked), reject(checked)]
 
 

@@ -83,11 +83,16 @@ class TrainerDockerOperator(DockerOperator):
         return super().execute(context)
 
 
-def train_task(trainer: str, dataset_version: str, pool: str) -> Any:
-    """The train task for the chosen trainer ('docker' or 'local')."""
+def train_task(trainer: str, dataset_version: str, pool: str, ml_queue: str | None = None) -> Any:
+    """The train task for the chosen trainer ('docker' or 'local').
+
+    A local training needs TensorFlow on the worker, so it goes to ``ml_queue`` when one is
+    given; the Docker one only talks to the GPU host's engine and stays on the default queue.
+    """
     if trainer == "docker":
         return TrainerDockerOperator(task_id="train", dataset_version=dataset_version, pool=pool)
     if trainer != "local":
         raise ValueError(f"trainer must be 'docker' or 'local', received {trainer!r}")
     command = " ".join([sys.executable, "-m", "brain_tumor.cli", *TRAIN_ARGS, dataset_version])
-    return BashOperator(task_id="train", bash_command=command, pool=pool)
+    extra = {"queue": ml_queue} if ml_queue else {}
+    return BashOperator(task_id="train", bash_command=command, pool=pool, **extra)

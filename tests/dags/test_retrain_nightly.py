@@ -73,6 +73,10 @@ def test_dag_shape(get_dag: Callable[[str], Any]) -> None:
     assert type(dag.get_task("find_new_exports")).__name__ == "_ShortCircuitDecoratedOperator"
     assert type(dag.get_task("train")).__name__ == "BashOperator"  # the embedded default
     assert dag.get_task("train").pool == "brain_tumor_gpu"
+    # the tasks that need TensorFlow go to the ML workers' queue, the rest to the default one
+    queues = {t: dag.get_task(t).queue for t in TASKS}
+    assert {t for t, q in queues.items() if q == "scoring"} == {"train", "evaluate", "gate"}
+    assert {q for t, q in queues.items() if t not in ("train", "evaluate", "gate")} == {"default"}
     assert [a.name for a in dag.get_task("promote").outlets] == ["brain_tumor_champion"]
     assert not dag.get_task("reject").outlets
     assert dag.max_active_runs == 1
