@@ -157,3 +157,12 @@ def write_summary(store: ObjectStore, settings: Settings, summary: dict[str, Any
     key = batch_key(settings, summary["run_id"])
     store.put_json(key, summary)
     return key
+
+
+def recent_summaries(store: ObjectStore, settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest batch summaries (by when they were written), newest first."""
+    prefix = settings.key("scores", "batches") + "/"
+    objs = sorted((o for o in store.list(prefix) if o.key.endswith(".json")),
+                  key=lambda o: (o.last_modified is not None, o.last_modified, o.key),
+                  reverse=True)
+    return [validate_record("batch_summary", store.get_json(o.key)) for o in objs[:limit]]

@@ -196,6 +196,20 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if result["quarantined"] and not result["studies"] else 0
 
 
+def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.batch import recent_summaries
+
+    rows = recent_summaries(_store(settings), settings, args.limit)
+    lines = [f"{r['finished_at']}  {r['run_id']:44} {r['model_version']}  scored "
+             f"{r['studies_scored']}, skipped {r['studies_skipped']}, quarantined "
+             f"{r['studies_quarantined']}, failed {r['studies_failed']}, deferred "
+             f"{r['studies_deferred']}, tumors {r['tumors_found']}" for r in rows]
+    lines += [f"    quarantined {q['study_id']}: {q['reason']}: {q['detail']}"
+              for r in rows[:1] for q in r["quarantined"]]
+    _emit(args, rows, "\n".join(lines) or "no scoring batches yet")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor.modelstore import ModelStore
 
@@ -344,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "left out) to incoming/<study_id>/ for the scoring DAG.")
     p.add_argument("folders", nargs="+", metavar="FOLDER")
     p.add_argument("--study-id", help="default: the folder name (only with one folder)")
+
+    p = add("batches", cmd_batches, "Show the newest scoring batches (scores/batches/): studies "
+                                    "scored, skipped, quarantined, failed, deferred, tumors.")
+    p.add_argument("--limit", type=int, default=20)
 
     p = add("exports", cmd_exports, "List the exports in S3 and the dataset version each went into.")
     p.add_argument("--new", action="store_true", help="only exports not ingested yet")

@@ -7,7 +7,7 @@ import pytest
 from brain_tumor.cli import build_parser, main
 from brain_tumor.settings import settings_to_env
 
-COMMANDS = ["storage", "synth", "upload", "submit", "exports", "ingest", "split", "train", "evaluate", "score",
+COMMANDS = ["storage", "synth", "upload", "submit", "batches", "exports", "ingest", "split", "train", "evaluate", "score",
             "models", "registry", "datasets", "demo", "settings", "schemas"]
 
 
@@ -62,6 +62,24 @@ def test_synth_studies_and_submit_them(cli_env, store, tmp_path, capsys):
         f"incoming/{r['study_id']}/" for r in rows)
     assert main(["submit", folders[0], "--study-id", "../escape"]) == 1
     assert "invalid study id" in capsys.readouterr().err
+
+
+def test_batches_lists_the_newest_first(cli_env, store, capsys):
+    from brain_tumor import batch
+
+    assert main(["batches"]) == 0
+    assert "no scoring batches yet" in capsys.readouterr().out
+    plan = {"model_version": "m-1", "study_ids": ["a"], "already_done": 0, "outside_window": 0,
+            "deferred": 0}
+    bad = {"study_id": "a", "status": "quarantined", "reason": "empty", "detail": "no slices"}
+    for run_id, results in (("run-1", []), ("run-2", [bad])):
+        batch.write_summary(store, cli_env, batch.summarize(plan, results, run_id, "t0", "t1"))
+    assert main(["--json", "batches"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in rows] == ["run-2", "run-1"]
+    assert main(["batches", "--limit", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "run-2" in text and "run-1" not in text and "quarantined a: empty" in text
 
 
 def test_failures_exit_non_zero_with_the_reason(cli_env, tmp_path, capsys):
