@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -113,6 +114,13 @@ class Settings(BaseModel):
     docker_network_mode: str = Field("host", description="Container network (S3 must be "
                                                          "reachable from it).")
     docker_mounts: str = Field("", description="Comma-separated host:container[:ro] binds.")
+    docker_tls_ca_cert: str | None = Field(
+        None, description="CA certificate (path on the worker) that signed the GPU host's "
+                          "Docker engine certificate; set to talk TLS to a tcp:// engine.")
+    docker_tls_client_cert: str | None = Field(
+        None, description="Client certificate (path on the worker) for the Docker engine.")
+    docker_tls_client_key: str | None = Field(
+        None, description="Client key (path on the worker) for the Docker engine.")
     train_pool: str = Field("brain_tumor_gpu", description="Airflow pool sized to the GPUs.")
     s3_conn_id: str | None = Field(
         None, description="Airflow connection (type aws) whose login, password and extra "
@@ -191,6 +199,10 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+_OPTIONAL_FIELDS = tuple(name for name, info in Settings.model_fields.items()
+                         if type(None) in typing.get_args(info.annotation))
+
+
 def _env_values(env: Mapping[str, str]) -> dict[str, str]:
     fields = Settings.model_fields
     values: dict[str, str] = {}
@@ -201,10 +213,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
         if field not in fields:
             raise SettingsError(f"unknown setting {name}; known: {', '.join(sorted(fields))}")
         values[field] = raw
-    if values.get("s3_endpoint_url", None) == "":
-        values["s3_endpoint_url"] = None  # type: ignore[assignment]
-    for optional in ("expected_slice_size", "weights", "max_train_slices",
-                     "gate_max_fp_per_patient", "s3_conn_id", "alert_notifier"):
+    for optional in _OPTIONAL_FIELDS:  # an empty variable unsets an optional setting
         if values.get(optional, None) == "":
             values[optional] = None  # type: ignore[assignment]
     return values

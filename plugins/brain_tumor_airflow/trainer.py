@@ -2,7 +2,8 @@
 
 Which one is a setting (``BRAIN_TUMOR_TRAINER=docker|local``). Both run the same command with the
 same ``BRAIN_TUMOR_*`` settings, so they publish the same model version. The Docker path takes the
-image, engine URL, GPU request, network and mounts from the settings, and the S3 credentials from
+image, engine URL (with TLS certificates when set), GPU request, network and mounts from the
+settings, and the S3 credentials from
 an Airflow connection when ``BRAIN_TUMOR_S3_CONN_ID`` names one; secrets travel in the container's
 private environment, never in rendered templates or logs.
 """
@@ -52,6 +53,18 @@ def container_environment(settings: Any, connection: Any | None = None) -> tuple
     return env, private
 
 
+def tls_options(settings: Any) -> dict[str, Any]:
+    """DockerOperator's TLS arguments from the settings (empty: plain connection)."""
+    cert, key = settings.docker_tls_client_cert, settings.docker_tls_client_key
+    if bool(cert) != bool(key):
+        raise ValueError("BRAIN_TUMOR_DOCKER_TLS_CLIENT_CERT and ..._CLIENT_KEY go together; "
+                         f"received cert={cert!r}, key={key!r}")
+    if not (settings.docker_tls_ca_cert or cert):
+        return {}
+    return {"tls_ca_cert": settings.docker_tls_ca_cert, "tls_client_cert": cert,
+            "tls_client_key": key, "tls_verify": bool(settings.docker_tls_ca_cert)}
+
+
 class TrainerDockerOperator(DockerOperator):
     """DockerOperator whose image, engine, GPUs and environment come from the worker's settings."""
 
@@ -76,6 +89,8 @@ class TrainerDockerOperator(DockerOperator):
         self.docker_url = settings.docker_url
         self.network_mode = settings.docker_network_mode
         self.mounts = _mounts(settings.docker_mounts)
+        for name, value in tls_options(settings).items():
+            setattr(self, name, value)
         self.device_requests = ([DeviceRequest(count=settings.docker_gpus, capabilities=[["gpu"]])]
                                 if settings.docker_gpus != 0 else None)
         self.log.info("training in %s on %s (GPUs: %s)", self.image, self.docker_url,

@@ -8,7 +8,7 @@ import pytest
 
 from brain_tumor.settings import load_settings
 from brain_tumor_airflow.trainer import (CONTAINER_HOME, _mounts, container_environment,
-                                         train_task)
+                                         tls_options, train_task)
 
 
 def test_secrets_go_to_the_private_environment():
@@ -48,3 +48,33 @@ def test_trainer_choice():
     assert type(train_task("docker", "ds-1", "p")).__name__ == "TrainerDockerOperator"
     with pytest.raises(ValueError, match="received 'k8s'"):
         train_task("k8s", "ds-1", "p")
+
+
+def test_tls_certificates_for_the_gpu_hosts_engine():
+    assert tls_options(load_settings(env={})) == {}
+    full = load_settings(env={}, docker_url="tcp://gpu-1:2376", docker_tls_ca_cert="/c/ca.pem",
+                         docker_tls_client_cert="/c/cert.pem", docker_tls_client_key="/c/key.pem")
+    assert tls_options(full) == {"tls_ca_cert": "/c/ca.pem", "tls_client_cert": "/c/cert.pem",
+                                 "tls_client_key": "/c/key.pem", "tls_verify": True}
+    with pytest.raises(ValueError, match="received cert='/c/cert.pem', key=None"):
+        tls_options(load_settings(env={}, docker_tls_client_cert="/c/cert.pem"))
+
+
+def test_the_operator_hands_the_certificates_to_the_docker_hook(monkeypatch, tmp_path):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    settings = {"BRAIN_TUMOR_DOCKER_URL": "tcp://gpu-1:2376", "BRAIN_TUMOR_DOCKER_GPUS": "0",
+                "BRAIN_TUMOR_DOCKER_TLS_CA_CERT": str(tmp_path / "ca.pem"),
+                "BRAIN_TUMOR_DOCKER_TLS_CLIENT_CERT": str(tmp_path / "cert.pem"),
+                "BRAIN_TUMOR_DOCKER_TLS_CLIENT_KEY": str(tmp_path / "key.pem")}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute",
+                        lambda self, context: seen.update(vars(self)) or "ran")
+    op = train_task("docker", "ds-1", "p")
+    assert op.execute({}) == "ran"
+    assert seen["docker_url"] == "tcp://gpu-1:2376" and seen["device_requests"] is None
+    assert (seen["tls_ca_cert"], seen["tls_client_cert"], seen["tls_client_key"]) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    assert seen["tls_verify"] is True
