@@ -81,7 +81,10 @@ def plan() -> list[dict[str, str]]:
         batch = steps.plan_scoring(_settings())
     except steps.NoChampion as exc:
         raise AirflowFailException(str(exc)) from exc
-    batch.pop("deferred_ids")  # in the log; XCom keeps the counts
+    deferred = batch.pop("deferred_ids")  # XCom keeps the count
+    if deferred:
+        log.info("%d due studies wait for later runs (per-run cap), first: %s", len(deferred),
+                 ", ".join(deferred[:10]))
     get_current_context()["ti"].xcom_push(key="batch", value={**batch, "started_at": utc_now()})
     if not batch["study_ids"]:
         log.info("no studies to score with %s", batch["model_version"])

@@ -177,6 +177,41 @@ def test_champion_change_rescores_recent_studies_with_the_new_model(
         assert score.load_result(store, settings, old, sid)["model_version"] == old  # kept
 
 
+def test_a_failed_study_fails_the_run_after_the_others_are_scored(
+        get_dag: Callable[[str], Any], scoring, study_folders,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from brain_tumor import steps
+    from brain_tumor.storage import StorageError
+
+    settings, store = scoring
+    ids = submit(store, settings, study_folders["good"][:2])
+    champion = Registry(store, settings).champion()
+    real = steps.score_one
+
+    def flaky(settings_, model_version, study_id):
+        if study_id == ids[0]:
+            raise StorageError(f"simulated outage while writing scores/{model_version}/{study_id}")
+        return real(settings_, model_version, study_id)
+
+    monkeypatch.setattr(steps, "score_one", flaky)
+
+    dag_run, state, tasks = run_dag(get_dag(DAG_ID))
+
+    assert state == "failed"
+    assert sorted(tasks["score"]) == ["failed", "success"] and tasks["summarize"] == ["failed"]
+    summary = summary_of(store, settings, dag_run)  # written before the run was failed
+    assert summary["failed"] == [ids[0]] and summary["studies_scored"] == 1
+    assert score.is_done(store, settings, champion, ids[1])  # the good result is kept
+    assert not score.is_done(store, settings, champion, ids[0])
+
+    monkeypatch.setattr(steps, "score_one", real)  # the outage is over: the next run retries
+    dag_run, state, _ = run_dag(get_dag(DAG_ID))
+
+    assert state == "success"
+    assert summary_of(store, settings, dag_run)["studies_scored"] == 1
+    assert score.is_done(store, settings, champion, ids[0])
+
+
 def test_no_champion_fails_the_run_and_says_so(
         get_dag: Callable[[str], Any], make_settings: Callable[..., Settings],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
