@@ -193,7 +193,7 @@ def _champion_or_fail(settings: Settings) -> str:
     return version
 
 
-def plan_scoring(settings: Settings, now: Any = None) -> dict[str, Any]:
+def plan_scoring(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     """The champion and the incoming studies one scoring run takes on (brain_tumor.batch)."""
     from brain_tumor.batch import plan_batch, scan
 
