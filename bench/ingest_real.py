@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Benchmark: upload, ingest and split the real LGG export through a real S3 server.
 
-Starts a private SeaweedFS server (``brain_tumor.embedded_s3.EmbeddedS3``) in a temporary folder,
+Starts a private SeaweedFS server (``brain_tumor.devtools.embedded_s3.EmbeddedS3``) in a temporary folder,
 then times, each on its own:
 
-1. ``upload``   - ``brain_tumor.exports.upload_export`` of the export: the archive as is (the
+1. ``upload``   - ``brain_tumor.ingest.exports.upload_export`` of the export: the archive as is (the
                   ingest downloads and extracts it), or with ``--as-folder`` the unpacked folder
                   (one object per file);
 2. ``ingest``   - ``brain_tumor.steps.ingest(settings, [export_id])``;
@@ -125,7 +125,7 @@ def machine() -> dict[str, Any]:
 
 
 def weed_version() -> str:
-    from brain_tumor.embedded_s3 import weed_binary
+    from brain_tumor.devtools.embedded_s3 import weed_binary
 
     try:
         out = subprocess.run([str(weed_binary()), "version"], capture_output=True, text=True,
@@ -243,7 +243,9 @@ class Breakdown:
         self.patched.append((owner, attr, original))
 
     def install(self) -> None:
-        from brain_tumor import datasets, exports, ingest, storage
+        from brain_tumor.ingest import exports
+        from brain_tumor.ingest import run as ingest
+        from brain_tumor.store import datasets, storage
 
         self.wrap(ingest, "open_export", "open_export (download+hash+extract / list)")
         self.wrap(storage.ObjectStore, "download_file", "  S3 download_file (archive)")
@@ -274,10 +276,10 @@ class Breakdown:
 # --------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from brain_tumor import steps
-    from brain_tumor.datasets import DatasetStore, code_version
-    from brain_tumor.embedded_s3 import EmbeddedS3
-    from brain_tumor.exports import upload_export
+    from brain_tumor.devtools.embedded_s3 import EmbeddedS3
+    from brain_tumor.ingest.exports import upload_export
     from brain_tumor.settings import load_settings
+    from brain_tumor.store.datasets import DatasetStore, code_version
 
     data = Path(args.data).expanduser().resolve()
     if not data.exists():

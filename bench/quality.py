@@ -58,7 +58,7 @@ def peak_rss_gb() -> float:
 
 
 def _server(home: Path):
-    from brain_tumor.embedded_s3 import EmbeddedS3
+    from brain_tumor.devtools.embedded_s3 import EmbeddedS3
 
     return EmbeddedS3(home / "s3", port=int(os.environ.get("BENCH_S3_PORT", "18933")),
                       port_base=int(os.environ.get("BENCH_S3_PORT_BASE", "25000")))
@@ -74,10 +74,10 @@ def _settings(server, home: Path, profile: str):
 def cmd_run(args: argparse.Namespace) -> dict:
     """The whole pipeline through S3."""
     from brain_tumor import steps
-    from brain_tumor.data import load_arrays
-    from brain_tumor.exports import list_exports, split_archive_name, upload_export
-    from brain_tumor.modelstore import ModelStore
-    from brain_tumor.predict import load_model_version, predict_batch
+    from brain_tumor.ingest.exports import list_exports, split_archive_name, upload_export
+    from brain_tumor.ml.inputs import load_arrays
+    from brain_tumor.ml.predict import load_model_version, predict_batch
+    from brain_tumor.store.modelstore import ModelStore
 
     home = Path(args.home).resolve()
     server = _server(home)
@@ -129,8 +129,8 @@ def cmd_export_cache(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from brain_tumor import steps
-    from brain_tumor.data import load_arrays
-    from brain_tumor.datasets import DatasetStore
+    from brain_tumor.ml.inputs import load_arrays
+    from brain_tumor.store.datasets import DatasetStore
 
     home = Path(args.home).resolve()
     server = _server(home)
@@ -149,12 +149,12 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     """Train and evaluate from an array cache, without S3 (GPU machines with JAX only)."""
     import numpy as np
 
-    from brain_tumor.data import ArrayDataset
-    from brain_tumor.evaluate import Predictions, evaluate
-    from brain_tumor.metrics import choose_threshold
-    from brain_tumor.predict import postprocess
+    from brain_tumor.evaluation.evaluate import Predictions, evaluate
+    from brain_tumor.evaluation.metrics import choose_threshold
+    from brain_tumor.ml.inputs import ArrayDataset
+    from brain_tumor.ml.predict import postprocess
+    from brain_tumor.ml.train import train_classifier, train_segmenter
     from brain_tumor.settings import load_settings
-    from brain_tumor.train import train_classifier, train_segmenter
 
     z = np.load(args.cache)
     arrays = ArrayDataset(images=z["images"], masks=z["masks"], labels=z["labels"],

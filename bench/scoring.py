@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from quality import PROFILES, _server, _settings, machine, peak_rss_gb
+from quality import _server, _settings, machine, peak_rss_gb
 
 SPEED_ONLY = {"epochs": 1, "seg_epochs": 1, "warmup_epochs": 0, "max_train_slices": 384,
               "early_stopping_patience": 1}
@@ -92,8 +91,8 @@ def _unpack(data: Path, workdir: Path) -> Path:
 def _model(settings, store, data: Path, model_version: str | None, phase: Phase) -> str:
     """An existing model version, or a speed-only one trained now."""
     from brain_tumor import steps
-    from brain_tumor.exports import list_exports, split_archive_name, upload_export
-    from brain_tumor.modelstore import ModelStore
+    from brain_tumor.ingest.exports import list_exports, split_archive_name, upload_export
+    from brain_tumor.store.modelstore import ModelStore
 
     if model_version and ModelStore(store, settings).exists(model_version):
         return model_version
@@ -114,11 +113,12 @@ def _model(settings, store, data: Path, model_version: str | None, phase: Phase)
 
 def _naive(store, settings, model, study_id: str) -> tuple[int, float, float]:
     """One study the naive way: (slices, read seconds, model seconds, one predict per slice)."""
-    from brain_tumor.imaging import decode_image
-    from brain_tumor.predict import to_model_input
-    from brain_tumor.score import slice_keys
+    from brain_tumor.ingest.imaging import decode_image
+    from brain_tumor.ml.predict import to_model_input
+    from brain_tumor.scoring.readers import TiffFolderReader
+    from brain_tumor.store.incoming import IncomingStore
 
-    keys = [k for _, k in slice_keys(store, settings, study_id)]
+    keys = [k for _, k in TiffFolderReader(IncomingStore(store, settings)).slice_keys(study_id)]
     start = time.perf_counter()
     images = [decode_image(store.get(k)) for k in keys]
     read_s = time.perf_counter() - start
@@ -132,11 +132,12 @@ def _naive(store, settings, model, study_id: str) -> tuple[int, float, float]:
 
 def _batched_model_time(model, store, settings, study_id: str) -> float:
     """Model seconds for one study, batched as score_study does (images already decoded)."""
-    from brain_tumor.imaging import decode_image
-    from brain_tumor.predict import predict_batch, to_model_input
-    from brain_tumor.score import slice_keys
+    from brain_tumor.ingest.imaging import decode_image
+    from brain_tumor.ml.predict import predict_batch, to_model_input
+    from brain_tumor.scoring.readers import TiffFolderReader
+    from brain_tumor.store.incoming import IncomingStore
 
-    images = [decode_image(store.get(k)) for _, k in slice_keys(store, settings, study_id)]
+    images = [decode_image(store.get(k)) for _, k in TiffFolderReader(IncomingStore(store, settings)).slice_keys(study_id)]
     start = time.perf_counter()
     predict_batch(model, to_model_input(images, model.image_size), settings.batch_size)
     return time.perf_counter() - start
@@ -145,8 +146,10 @@ def _batched_model_time(model, store, settings, study_id: str) -> float:
 def run(args: argparse.Namespace) -> dict:
     """The benchmark (see the module docstring)."""
     from brain_tumor import steps
-    from brain_tumor.predict import load_model_version
-    from brain_tumor.score import list_studies, score_study, upload_study
+    from brain_tumor.ml.predict import load_model_version
+    from brain_tumor.scoring.readers import upload_study
+    from brain_tumor.scoring.study import score_study
+    from brain_tumor.store.incoming import IncomingStore
 
     home = Path(args.home).resolve()
     server = _server(home)
@@ -163,11 +166,11 @@ def run(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             root = _unpack(data, Path(tmp))
             folders = sorted(p for p in root.iterdir() if p.is_dir())[: args.studies or None]
-            present = set(list_studies(store, settings))
+            present = set(IncomingStore(store, settings).study_ids())
             with phases["upload"]:
                 for folder in folders:
                     if folder.name not in present:
-                        upload_study(store, settings, folder)
+                        upload_study(IncomingStore(store, settings), folder)
         # a fresh output prefix per run, so every study is really scored
         settings = settings.model_copy(update={"scores_prefix": f"bench-out/{int(time.time())}/"})
         with phases["load"]:

@@ -37,7 +37,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 # --- commands ---
 def cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor import embedded_s3
+    from brain_tumor.devtools import embedded_s3
 
     server = embedded_s3.from_settings(settings)
     if args.action == "up":
@@ -54,7 +54,7 @@ def cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.synth import SynthSpec, make_archive, make_export, make_studies
+    from brain_tumor.devtools.synth import SynthSpec, make_archive, make_export, make_studies
 
     spec = SynthSpec(patients=args.patients, slices=args.slices, size=args.size, seed=args.seed,
                      tumor_free_patients=args.tumor_free, bad=tuple(args.bad),
@@ -78,13 +78,15 @@ def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.score import upload_study
+    from brain_tumor.scoring.readers import upload_study
+    from brain_tumor.store.incoming import IncomingStore
 
-    store = _store(settings)
+    incoming = IncomingStore(_store(settings), settings)
     rows = []
     for path in args.folders:
-        sid, count = upload_study(store, settings, Path(path),
-                                  args.study_id if len(args.folders) == 1 else None)
+        sid, count = upload_study(incoming, Path(path),
+                                  args.study_id if len(args.folders) == 1 else None,
+                                  io_workers=settings.io_workers)
         rows.append({"study_id": sid, "slices": count})
     _emit(args, rows, "\n".join(f"submitted {r['study_id']}: {r['slices']} slices to incoming/"
                                  for r in rows))
@@ -92,7 +94,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.exports import upload_export
+    from brain_tumor.ingest.exports import upload_export
 
     export_id = upload_export(_store(settings), settings, Path(args.path), args.export_id,
                               progress=not args.json)
@@ -101,8 +103,8 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_exports(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.datasets import DatasetStore
-    from brain_tumor.exports import list_exports
+    from brain_tumor.ingest.exports import list_exports
+    from brain_tumor.store.datasets import DatasetStore
 
     store = _store(settings)
     ledger = DatasetStore(store, settings).ledger()
@@ -197,9 +199,9 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.batch import recent_summaries
+    from brain_tumor.store.scores import ScoreStore
 
-    rows = recent_summaries(_store(settings), settings, args.limit)
+    rows = ScoreStore(_store(settings), settings).batches(args.limit)
     lines = [f"{r['finished_at']}  {r['run_id']:44} {r['model_version']}  scored "
              f"{r['studies_scored']}, skipped {r['studies_skipped']}, quarantined "
              f"{r['studies_quarantined']}, failed {r['studies_failed']}, deferred "
@@ -211,7 +213,7 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.modelstore import ModelStore
+    from brain_tumor.store.modelstore import ModelStore
 
     models = ModelStore(_store(settings), settings)
     records = [models.record(v) for v in models.versions()]
@@ -223,7 +225,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.registry import Registry
+    from brain_tumor.store.registry import Registry
 
     registry = Registry(_store(settings), settings)
     if args.action == "list":
@@ -257,7 +259,7 @@ def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.datasets import DatasetStore
+    from brain_tumor.store.datasets import DatasetStore
 
     datasets = DatasetStore(_store(settings), settings)
     version = datasets.resolve(args.version)
@@ -269,7 +271,7 @@ def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.demo import run_demo
+    from brain_tumor.devtools.demo import run_demo
 
     summary = run_demo(settings, args.profile, Path(args.export) if args.export else None)
     text = [f"export          {summary['export_id']}",
@@ -307,7 +309,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.schemas import describe_markdown
+    from brain_tumor.store.schemas import describe_markdown
 
     print(describe_markdown())
     return 0

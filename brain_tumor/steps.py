@@ -10,12 +10,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from brain_tumor.datasets import DatasetStore
-from brain_tumor.exports import list_exports
-from brain_tumor.ingest import ingest_export
+from brain_tumor.ingest.exports import list_exports
+from brain_tumor.ingest.run import ingest_export
+from brain_tumor.ingest.split import SplitConfig, assign_split, split_counts
 from brain_tumor.settings import Settings
-from brain_tumor.split import SplitConfig, assign_split, split_counts
-from brain_tumor.storage import ObjectStore
+from brain_tumor.store.datasets import DatasetStore
+from brain_tumor.store.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def split(settings: Settings, dataset_version: str | None = None) -> dict[str, A
 
 def train(settings: Settings, dataset_version: str | None = None, verbose: int = 2) -> dict[str, Any]:
     """Train a model version on a dataset version (default HEAD); returns its model.json."""
-    from brain_tumor.train import train_model
+    from brain_tumor.ml.train import train_model
 
     return train_model(open_store(settings), settings, dataset_version, verbose=verbose)
 
@@ -95,7 +95,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def evaluate(settings: Settings, model_version: str, dataset_version: str | None = None,
              progress: bool = False) -> dict[str, Any]:
     """Evaluate a model version on the test patients of a dataset version (default: its own)."""
-    from brain_tumor.evaluation_run import evaluate_model_version
+    from brain_tumor.evaluation.run import evaluate_model_version
 
     metrics = evaluate_model_version(open_store(settings), settings, model_version,
                                      dataset_version, progress=progress)
@@ -105,8 +105,8 @@ def evaluate(settings: Settings, model_version: str, dataset_version: str | None
 
 def expected_model_version(settings: Settings, dataset_version: str) -> str:
     """The model version that training these settings on the dataset version publishes."""
-    from brain_tumor.modelstore import ModelStore, ModelNotFound
-    from brain_tumor.train import model_version_id
+    from brain_tumor.ml.train import model_version_id
+    from brain_tumor.store.modelstore import ModelNotFound, ModelStore
 
     version = model_version_id(dataset_version, settings)
     if not ModelStore(open_store(settings), settings).exists(version):
@@ -117,7 +117,7 @@ def expected_model_version(settings: Settings, dataset_version: str) -> str:
 
 def champion(settings: Settings) -> str | None:
     """The current champion model version (None before the first promotion)."""
-    from brain_tumor.registry import Registry
+    from brain_tumor.store.registry import Registry
 
     return Registry(open_store(settings), settings).champion()
 
@@ -126,9 +126,9 @@ def gate(settings: Settings, candidate: str, dataset_version: str,
          champion_version: str | None) -> dict[str, Any]:
     """Gate a candidate: floors, and no regression against the champion re-evaluated on the
     candidate's test patients. Stores models/<candidate>/gate.json; returns the result."""
-    from brain_tumor.gate import GateConfig, explain, run_gate
-    from brain_tumor.modelstore import ModelStore
-    from brain_tumor.schemas import validate_record
+    from brain_tumor.evaluation.gate import GateConfig, explain, run_gate
+    from brain_tumor.store.modelstore import ModelStore
+    from brain_tumor.store.schemas import validate_record
 
     cand = evaluate(settings, candidate, dataset_version)
     champ = evaluate(settings, champion_version, dataset_version) if champion_version else None
@@ -149,7 +149,7 @@ def gate(settings: Settings, candidate: str, dataset_version: str,
 
 def decide(settings: Settings, gate_result: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Promote a candidate that passed the gate, else record its rejection; returns the event."""
-    from brain_tumor.registry import Registry
+    from brain_tumor.store.registry import Registry
 
     registry = Registry(open_store(settings), settings)
     candidate = gate_result["model_version"]
@@ -165,16 +165,18 @@ def decide(settings: Settings, gate_result: dict[str, Any], run_id: str | None =
 def score(settings: Settings, study_ids: list[str] | None = None,
           model_version: str | None = None) -> dict[str, Any]:
     """Score studies under incoming/ (default: all) with a model version (default: champion)."""
-    from brain_tumor.predict import load_model_version
-    from brain_tumor.score import StudyRejected, list_studies, score_study
+    from brain_tumor.ml.predict import load_model_version
+    from brain_tumor.scoring.contracts import StudyRejected
+    from brain_tumor.scoring.study import build_pipeline
+    from brain_tumor.store.incoming import IncomingStore
 
     store = open_store(settings)
     version = model_version or _champion_or_fail(settings)
-    model = load_model_version(store, settings, version)
+    pipeline = build_pipeline(store, settings, load_model_version(store, settings, version))
     results, rejected = [], []
-    for study_id in study_ids or list_studies(store, settings):
+    for study_id in study_ids or IncomingStore(store, settings).study_ids():
         try:
-            results.append(score_study(store, settings, model, study_id))
+            results.append(pipeline.score(study_id))
         except StudyRejected as exc:
             log.warning("study %s quarantined: %s", study_id, exc)
             rejected.append({"study_id": study_id, "reason": exc.reason, "detail": exc.detail})
@@ -194,8 +196,8 @@ def _champion_or_fail(settings: Settings) -> str:
 
 
 def plan_scoring(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """The champion and the incoming studies one scoring run takes on (brain_tumor.batch)."""
-    from brain_tumor.batch import plan_batch, scan
+    """The champion and the incoming studies one scoring run takes on (brain_tumor.scoring.batch)."""
+    from brain_tumor.scoring.batch import plan_batch, scan
 
 
     version = _champion_or_fail(settings)
@@ -213,8 +215,9 @@ def plan_scoring(settings: Settings, now: datetime | None = None) -> dict[str, A
 
 def score_one(settings: Settings, model_version: str, study_id: str) -> dict[str, Any]:
     """Score one study; a rejected study is quarantined and reported, not raised."""
-    from brain_tumor.predict import load_model_version
-    from brain_tumor.score import StudyRejected, score_study
+    from brain_tumor.ml.predict import load_model_version
+    from brain_tumor.scoring.contracts import StudyRejected
+    from brain_tumor.scoring.study import score_study
 
     store = open_store(settings)
     model = load_model_version(store, settings, model_version)
@@ -228,11 +231,12 @@ def score_one(settings: Settings, model_version: str, study_id: str) -> dict[str
 def finish_batch(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
                  run_id: str, started_at: str, trigger: str | None = None) -> dict[str, Any]:
     """Write the batch summary of a scoring run; returns it."""
-    from brain_tumor.batch import summarize, write_summary
-    from brain_tumor.datasets import utc_now
+    from brain_tumor.scoring.batch import summarize
+    from brain_tumor.store.datasets import utc_now
+    from brain_tumor.store.scores import ScoreStore
 
     summary = summarize(plan, results, run_id, started_at, utc_now(), trigger)
-    key = write_summary(open_store(settings), settings, summary)
+    key = ScoreStore(open_store(settings), settings).write_batch(summary)
     log.info("batch %s: %d scored, %d skipped, %d quarantined, %d failed, %d deferred, "
              "%d with tumor -> %s", run_id, summary["studies_scored"],
              summary["studies_skipped"], summary["studies_quarantined"],

@@ -46,6 +46,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+
 from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary, scoring_quarantine
 from brain_tumor_airflow.assets import CHAMPION
 
@@ -75,7 +76,7 @@ def plan() -> list[dict[str, str]]:
     from airflow.exceptions import AirflowFailException
 
     from brain_tumor import steps
-    from brain_tumor.datasets import utc_now
+    from brain_tumor.store.datasets import utc_now
 
     try:
         batch = steps.plan_scoring(_settings())

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
+
 from brain_tumor_airflow.alerts import model_rejected, on_dag_failure
 from brain_tumor_airflow.assets import CHAMPION
 

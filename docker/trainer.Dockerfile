@@ -84,7 +84,7 @@ RUN set -eux; \
     echo "build $BUILD_ID"; \
     pip install --no-deps --no-index --no-build-isolation /src; \
     rm -rf /src /build; \
-    python -c "import brain_tumor.cli, brain_tumor.train, brain_tumor.evaluate, brain_tumor.evaluation_run, brain_tumor.predict, brain_tumor.report, brain_tumor.steps"; \
+    python -c "import brain_tumor.cli, brain_tumor.ml.train, brain_tumor.evaluation.evaluate, brain_tumor.evaluation.run, brain_tumor.ml.predict, brain_tumor.evaluation.report, brain_tumor.steps"; \
     command -v brain-tumor
 
 # 5. A non-root user with a writable home (BRAIN_TUMOR_HOME defaults to ~/.brain-tumor).

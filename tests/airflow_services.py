@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from support import free_port
 
 DEFAULT_COMPONENTS: tuple[tuple[str, ...], ...] = (("api-server",), ("scheduler",),
@@ -95,7 +94,7 @@ class AirflowServices:
             raise ValueError(f"component_env names no component: {sorted(unknown)}")
         for component in self.components:
             name = component_name(component)
-            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+            log = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
                 ["airflow", *component], env={**self.env, **self.component_env.get(name, {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from brain_tumor.embedded_s3 import EmbeddedS3
-from brain_tumor.settings import Settings, load_settings, settings_to_env
-from brain_tumor.storage import ObjectStore
 from support import TINY_TRAINING, free_port, ports_free
+
+from brain_tumor.devtools.embedded_s3 import EmbeddedS3
+from brain_tumor.settings import Settings, load_settings, settings_to_env
+from brain_tumor.store.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -110,8 +110,8 @@ def trained(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     Returns (settings, model record). Tests read from its bucket and never write to it.
     """
     from brain_tumor import steps
-    from brain_tumor.exports import upload_export
-    from brain_tumor.synth import SynthSpec, make_export
+    from brain_tumor.devtools.synth import SynthSpec, make_export
+    from brain_tumor.ingest.exports import upload_export
 
     home = tmp_path_factory.mktemp("trained-home")
     settings = load_settings(env={}, s3_endpoint_url=moto_endpoint, s3_bucket="trained-session",
@@ -130,7 +130,7 @@ def trained(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
 def evaluated(trained):
     """The session model evaluated once on its own dataset's test patients: (settings, record, metrics)."""
     from brain_tumor import steps
-    from brain_tumor.evaluation_run import evaluate_model_version
+    from brain_tumor.evaluation.run import evaluate_model_version
 
     settings, record = trained
     metrics = evaluate_model_version(steps.open_store(settings), settings, record["model_version"])

@@ -38,8 +38,8 @@ def copy_model(src: Settings, version: str, dst: Settings, as_version: str | Non
 
     Under another id (``as_version``) the copy stands for a second model with the same weights.
     """
-    from brain_tumor.modelstore import MODEL_FILES, ModelStore
-    from brain_tumor.storage import ObjectStore
+    from brain_tumor.store.modelstore import MODEL_FILES, ModelStore
+    from brain_tumor.store.storage import ObjectStore
 
     source, target = ObjectStore.from_settings(src), ObjectStore.from_settings(dst)
     target.ensure_bucket()

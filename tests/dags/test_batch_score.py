@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from brain_tumor import batch, score
-from brain_tumor.registry import Registry
-from brain_tumor.schemas import validate_record
-from brain_tumor.settings import Settings, settings_to_env
-from brain_tumor.storage import ObjectStore
-from brain_tumor.synth import SynthSpec, make_studies
 from support import copy_model
+
+from brain_tumor.devtools.synth import SynthSpec, make_studies
+from brain_tumor.scoring.readers import upload_study
+from brain_tumor.settings import Settings, settings_to_env
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.registry import Registry
+from brain_tumor.store.schemas import validate_record
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import ObjectStore
 
 DAG_ID = "batch_score"
 STUDIES = SynthSpec(patients=3, slices=5, size=32, seed=21, tumor_free_patients=1)
@@ -51,7 +53,7 @@ def scoring(trained, make_settings: Callable[..., Settings],
 
 def submit(store: ObjectStore, settings: Settings, folders: list[Path]) -> list[str]:
     """Upload study folders to incoming/; returns their ids."""
-    return [score.upload_study(store, settings, folder)[0] for folder in folders]
+    return [upload_study(IncomingStore(store, settings), folder)[0] for folder in folders]
 
 
 def run_dag(dag: Any) -> tuple[Any, str, dict[str, list[str]]]:
@@ -65,8 +67,7 @@ def run_dag(dag: Any) -> tuple[Any, str, dict[str, list[str]]]:
 
 def summary_of(store: ObjectStore, settings: Settings, dag_run: Any) -> dict[str, Any]:
     """The batch summary the run stored."""
-    return validate_record("batch_summary", store.get_json(batch.batch_key(settings,
-                                                                            dag_run.run_id)))
+    return validate_record("batch_summary", store.get_json(ScoreStore(store, settings).batch_key(dag_run.run_id)))
 
 
 def output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> str:
@@ -126,12 +127,12 @@ def test_scores_good_studies_quarantines_a_bad_one_and_reruns_do_no_work(
     assert [q["study_id"] for s in both for q in s["quarantined"]] == bad
     assert sum(s["tumors_found"] for s in both) == 2  # one good study is tumor-free
     for sid in good:
-        result = score.load_result(store, settings, champion, sid)
+        result = ScoreStore(store, settings).result(champion, sid)
         assert result is not None and result["model_version"] == champion
-    record = store.get_json(score.quarantine_key(settings, champion, bad[0]))
+    record = store.get_json(ScoreStore(store, settings).quarantine_key(champion, bad[0]))
     assert record["reason"] == "unreadable" and record["files"] == [
         f"incoming/{bad[0]}/{bad[0]}_4.tif"]
-    assert not score.is_done(store, settings, champion, bad[0])
+    assert not ScoreStore(store, settings).is_done(champion, bad[0])
     before = listing(store, f"scores/{champion}/")
 
     dag_run, state, tasks = run_dag(get_dag(DAG_ID))  # nothing left to do
@@ -163,8 +164,8 @@ def test_champion_change_rescores_recent_studies_with_the_new_model(
     summary = summary_of(store, settings, dag_run)
     assert summary["model_version"] == new
     assert (summary["studies_scored"], summary["studies_outside_window"]) == (1, 2)
-    assert score.is_done(store, settings, new, late[0])
-    assert not any(score.is_done(store, settings, new, sid) for sid in good)
+    assert ScoreStore(store, settings).is_done(new, late[0])
+    assert not any(ScoreStore(store, settings).is_done(new, sid) for sid in good)
 
     monkeypatch.setenv("BRAIN_TUMOR_RESCORE_WINDOW_DAYS", "7")  # they arrived minutes ago
     dag_run, state, _ = run_dag(get_dag(DAG_ID))
@@ -172,15 +173,15 @@ def test_champion_change_rescores_recent_studies_with_the_new_model(
     assert state == "success"
     assert summary_of(store, settings, dag_run)["studies_scored"] == 2
     for sid in good:
-        assert score.load_result(store, settings, new, sid)["model_version"] == new
-        assert score.load_result(store, settings, old, sid)["model_version"] == old  # kept
+        assert ScoreStore(store, settings).result(new, sid)["model_version"] == new
+        assert ScoreStore(store, settings).result(old, sid)["model_version"] == old  # kept
 
 
 def test_a_failed_study_fails_the_run_after_the_others_are_scored(
         get_dag: Callable[[str], Any], scoring, study_folders,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from brain_tumor import steps
-    from brain_tumor.storage import StorageError
+    from brain_tumor.store.storage import StorageError
 
     settings, store = scoring
     ids = submit(store, settings, study_folders["good"][:2])
@@ -200,15 +201,15 @@ def test_a_failed_study_fails_the_run_after_the_others_are_scored(
     assert sorted(tasks["score"]) == ["failed", "success"] and tasks["summarize"] == ["failed"]
     summary = summary_of(store, settings, dag_run)  # written before the run was failed
     assert summary["failed"] == [ids[0]] and summary["studies_scored"] == 1
-    assert score.is_done(store, settings, champion, ids[1])  # the good result is kept
-    assert not score.is_done(store, settings, champion, ids[0])
+    assert ScoreStore(store, settings).is_done(champion, ids[1])  # the good result is kept
+    assert not ScoreStore(store, settings).is_done(champion, ids[0])
 
     monkeypatch.setattr(steps, "score_one", real)  # the outage is over: the next run retries
     dag_run, state, _ = run_dag(get_dag(DAG_ID))
 
     assert state == "success"
     assert summary_of(store, settings, dag_run)["studies_scored"] == 1
-    assert score.is_done(store, settings, champion, ids[0])
+    assert ScoreStore(store, settings).is_done(champion, ids[0])
 
 
 def test_no_champion_fails_the_run_and_says_so(

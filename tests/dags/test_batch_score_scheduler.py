@@ -11,14 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from airflow_services import AirflowServices
-from brain_tumor import batch, score
-from brain_tumor.registry import Registry
-from brain_tumor.settings import settings_to_env
-from brain_tumor.storage import ObjectStore
-from brain_tumor.synth import SynthSpec, make_studies
 from support import copy_model
+
+from brain_tumor.devtools.synth import SynthSpec, make_studies
+from brain_tumor.scoring.readers import upload_study
+from brain_tumor.settings import settings_to_env
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.registry import Registry
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import ObjectStore
 
 pytestmark = pytest.mark.slow
 DAG_ID = "batch_score"
@@ -30,7 +32,7 @@ def test_cron_and_champion_asset_start_runs(trained, make_settings, tmp_path: Pa
     champion = copy_model(source, record["model_version"], settings)
     store = ObjectStore.from_settings(settings)
     Registry(store, settings).promote(champion, reason="test champion")
-    studies = [score.upload_study(store, settings, folder)[0] for folder in make_studies(
+    studies = [upload_study(IncomingStore(store, settings), folder)[0] for folder in make_studies(
         tmp_path / "studies", SynthSpec(patients=2, slices=4, size=32, seed=31))]
     env = {**settings_to_env(settings), "BRAIN_TUMOR_SCORING_SCHEDULE": "* * * * *"}
 
@@ -40,8 +42,8 @@ def test_cron_and_champion_asset_start_runs(trained, make_settings, tmp_path: Pa
 
         assert scheduled["state"] == "success", airflow.logs()
         for sid in studies:
-            assert score.is_done(store, settings, champion, sid)
-        summary = store.get_json(batch.batch_key(settings, scheduled["dag_run_id"]))
+            assert ScoreStore(store, settings).is_done(champion, sid)
+        summary = store.get_json(ScoreStore(store, settings).batch_key(scheduled["dag_run_id"]))
         assert summary["trigger"] == "scheduled" and summary["studies_scored"] == 2
         mapped = [ti for ti in airflow.task_instances(DAG_ID, scheduled["dag_run_id"])
                   if ti["task_id"] == "score"]
@@ -54,6 +56,6 @@ def test_cron_and_champion_asset_start_runs(trained, make_settings, tmp_path: Pa
         triggered = airflow.wait_for_run(DAG_ID, run_type="asset_triggered", timeout=180)
 
         assert triggered["state"] == "success", airflow.logs()
-        summary = store.get_json(batch.batch_key(settings, triggered["dag_run_id"]))
+        summary = store.get_json(ScoreStore(store, settings).batch_key(triggered["dag_run_id"]))
         assert summary["trigger"] == "asset_triggered"
         assert (summary["studies_scored"], summary["studies_skipped"]) == (0, 2)

@@ -6,7 +6,6 @@ checks the task states and what the run left in S3.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Any
 import pytest
 
 from brain_tumor import steps
-from brain_tumor.datasets import DatasetStore
-from brain_tumor.exports import upload_export
+from brain_tumor.devtools.synth import SynthReport, SynthSpec, make_export
+from brain_tumor.ingest.exports import upload_export
 from brain_tumor.settings import Settings
-from brain_tumor.storage import ObjectStore
-from brain_tumor.synth import SynthReport, SynthSpec, make_export
+from brain_tumor.store.datasets import DatasetStore
+from brain_tumor.store.storage import ObjectStore
 
 DAG_ID = "retrain_nightly"
 TASKS = ("find_new_exports", "ingest", "split", "train", "evaluate", "champion", "gate", "route",
@@ -85,8 +84,8 @@ def test_dag_shape(get_dag: Callable[[str], Any]) -> None:
 def test_first_export_trains_and_promotes_then_a_worse_model_is_rejected(
         get_dag: Callable[[str], Any], task_settings: Settings, exports: dict[str, SynthReport],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from brain_tumor.modelstore import ModelStore
-    from brain_tumor.registry import Registry
+    from brain_tumor.store.modelstore import ModelStore
+    from brain_tumor.store.registry import Registry
 
     upload(task_settings, exports["export-001"], "export-001")
 

@@ -7,8 +7,13 @@ from types import SimpleNamespace
 import pytest
 
 from brain_tumor.settings import load_settings
-from brain_tumor_airflow.trainer import (CONTAINER_HOME, _mounts, container_environment,
-                                         tls_options, train_task)
+from brain_tumor_airflow.trainer import (
+    CONTAINER_HOME,
+    _mounts,
+    container_environment,
+    tls_options,
+    train_task,
+)
 
 
 def test_secrets_go_to_the_private_environment():

@@ -13,9 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from deploy_services import (Postgres, Redis, ServiceError, install_stack, postgres_bin,
-                             redis_bin)
+from deploy_services import Postgres, Redis, ServiceError, install_stack, postgres_bin, redis_bin
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -24,7 +22,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TIMINGS: dict[str, float] = {}
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter) -> None:
     if TIMINGS:
         terminalreporter.write_sep("-", "deployment figures (wall seconds unless named)")
         for name, seconds in TIMINGS.items():

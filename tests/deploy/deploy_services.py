@@ -177,7 +177,7 @@ class Redis:
         import redis
 
         self.root = Path(tempfile.mkdtemp(prefix="bt-redis-"))
-        log_file = open(self.root / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
+        log_file = open(self.root / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.root),

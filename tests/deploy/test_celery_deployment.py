@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from airflow_services import AirflowServices, airflow_available
-from brain_tumor import steps
-from brain_tumor.settings import Settings, load_settings, settings_to_env
 from deploy_services import Postgres, Redis
 from support import TINY_TRAINING, free_port
+
+from brain_tumor import steps
+from brain_tumor.settings import Settings, load_settings, settings_to_env
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.scores import ScoreStore
 
 pytestmark = [pytest.mark.celery, pytest.mark.timeout(1500)]
 
@@ -130,7 +132,7 @@ class ConnectionSampler(threading.Thread):
         while not self._stop_event.wait(2):
             try:
                 self.peak = max(self.peak, self.postgres.connections())
-            except Exception:  # noqa: BLE001 (a sample lost while the server is busy)
+            except Exception:
                 continue
 
     def stop(self) -> None:
@@ -191,8 +193,8 @@ def retrained(airflow: AirflowServices, deploy_settings: Settings,
               tmp_path_factory: pytest.TempPathFactory,
               deploy_timings: dict[str, float]) -> tuple[dict[str, Any], list[dict]]:
     """One retrain_nightly run on a synthetic export: (run, task instances)."""
-    from brain_tumor.exports import upload_export
-    from brain_tumor.synth import SynthSpec, make_export
+    from brain_tumor.devtools.synth import SynthSpec, make_export
+    from brain_tumor.ingest.exports import upload_export
 
     export = make_export(tmp_path_factory.mktemp("deploy-export") / "export",
                          SynthSpec(patients=12, slices=6, size=32, seed=1, bad=("corrupt",)))
@@ -230,15 +232,15 @@ def test_scoring_runs_on_the_scoring_queue(
         airflow: AirflowServices, retrained: tuple[dict[str, Any], list[dict]],
         deploy_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
         deploy_timings: dict[str, float]) -> None:
-    from brain_tumor.score import done_key, upload_study
-    from brain_tumor.synth import SynthSpec, make_studies
+    from brain_tumor.devtools.synth import SynthSpec, make_studies
+    from brain_tumor.scoring.readers import upload_study
 
     assert retrained[0]["state"] == "success", "retraining failed: no champion to score with"
     champion = steps.champion(deploy_settings)
     store = steps.open_store(deploy_settings)
     folders = make_studies(tmp_path_factory.mktemp("deploy-studies") / "studies",
                            SynthSpec(patients=3, slices=4, size=32, seed=21, first_patient=40))
-    study_ids = [upload_study(store, deploy_settings, folder)[0] for folder in folders]
+    study_ids = [upload_study(IncomingStore(store, deploy_settings), folder)[0] for folder in folders]
 
     t = time.monotonic()
     run, tis = run_dag(airflow, "batch_score")
@@ -254,4 +256,4 @@ def test_scoring_runs_on_the_scoring_queue(
     assert ran["scoring"] >= {"score"}
     assert "score" not in ran.get("default", set())
     for study_id in study_ids:
-        assert store.exists(done_key(deploy_settings, champion, study_id)), study_id
+        assert store.exists(ScoreStore(store, deploy_settings).done_key(champion, study_id)), study_id

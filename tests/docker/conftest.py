@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "docker: needs a Docker engine and builds the trainer image")
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter) -> None:
     if TIMINGS:
         terminalreporter.write_sep("-", "docker timings (wall seconds)")
         for name, seconds in TIMINGS.items():

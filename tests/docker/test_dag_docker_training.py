@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from brain_tumor import steps
-from brain_tumor.exports import upload_export
-from brain_tumor.modelstore import ModelStore
-from brain_tumor.synth import SynthSpec, make_export
+from brain_tumor.devtools.synth import SynthSpec, make_export
+from brain_tumor.ingest.exports import upload_export
+from brain_tumor.store.modelstore import ModelStore
 
 pytestmark = pytest.mark.docker
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 
 from brain_tumor import steps
-from brain_tumor.exports import upload_export
-from brain_tumor.modelstore import ModelStore
+from brain_tumor.devtools.synth import SynthSpec, make_export
+from brain_tumor.ingest.exports import upload_export
 from brain_tumor.settings import Settings, settings_to_env
-from brain_tumor.synth import SynthSpec, make_export
+from brain_tumor.store.modelstore import ModelStore
 
 pytestmark = pytest.mark.docker
 
 CONTAINER_TIMEOUT_S = 600
 
 
-def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str, str]:  # noqa: ANN001
+def _run(client, image: str, command: list[str], **kwargs) -> tuple[int, str, str]:
     """Run a container to completion: (exit code, stdout, stderr); always removed."""
     container = client.containers.run(image, command, detach=True, **kwargs)
     try:

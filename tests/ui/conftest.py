@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import TINY_TRAINING
 
 from brain_tumor.settings import Settings, load_settings, settings_to_env
-from support import TINY_TRAINING
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output" / "ui"

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brain_tumor import steps
-from brain_tumor.exports import upload_export
-from brain_tumor.modelstore import ModelStore
-from brain_tumor.registry import Registry
-from brain_tumor.score import upload_study
-from brain_tumor.settings import Settings
-from brain_tumor.storage import ObjectStore
-from brain_tumor.synth import SynthSpec, make_export
 from support import copy_model
+
+from brain_tumor import steps
+from brain_tumor.devtools.synth import SynthSpec, make_export
+from brain_tumor.ingest.exports import upload_export
+from brain_tumor.scoring.readers import upload_study
+from brain_tumor.settings import Settings
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.modelstore import ModelStore
+from brain_tumor.store.registry import Registry
+from brain_tumor.store.storage import ObjectStore
 
 #: the trained fixture's export spec: the same export here gives the same dataset version id
 FIRST_EXPORT = SynthSpec(patients=10, slices=6, size=32, seed=3, tumor_free_patients=1)
@@ -67,7 +69,7 @@ def _gate(settings: Settings, candidate: str, dataset: str, champion: str | None
 
 def _batch(settings: Settings, run_id: str) -> dict[str, Any]:
     """One scoring run as batch_score does it: plan, score each study, summarize."""
-    from brain_tumor.datasets import utc_now
+    from brain_tumor.store.datasets import utc_now
 
     started = utc_now()
     plan = steps.plan_scoring(settings)
@@ -113,13 +115,13 @@ def fill(settings: Settings, trained: tuple[Settings, dict[str, Any]], work: Pat
     assert [e["action"] for e in out.events] == ["promoted", "promoted", "rolled_back", "rejected"]
 
     patients = sorted(p for p in first.root.iterdir() if p.is_dir())
-    out.studies = [upload_study(store, settings, patients[0], "study-a")[0]]
+    out.studies = [upload_study(IncomingStore(store, settings), patients[0], "study-a")[0]]
     out.batches.append(_batch(settings, "scheduled__2026-11-23T10:00:00+00:00"))
-    out.studies.append(upload_study(store, settings, patients[1], "study-b")[0])
+    out.studies.append(upload_study(IncomingStore(store, settings), patients[1], "study-b")[0])
     bad = work / "study-bad"
     bad.mkdir()
     (bad / "bad_1.tif").write_bytes(b"this is not a TIFF")
-    out.bad_study = upload_study(store, settings, bad, "study-bad")[0]
+    out.bad_study = upload_study(IncomingStore(store, settings), bad, "study-bad")[0]
     out.batches.append(_batch(settings, "scheduled__2026-11-23T10:10:00+00:00"))
     assert out.batches[-1]["studies_quarantined"] == 1
 

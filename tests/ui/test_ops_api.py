@@ -11,11 +11,12 @@ from urllib.parse import quote, urlsplit
 import jwt
 import pytest
 import requests
-
-from brain_tumor.modelstore import ModelStore
-from brain_tumor.storage import ObjectStore
 from conftest import ACCESS_KEY, OUTPUT, SECRET_KEY
 from ops_fill import SECRET_MARKER
+
+from brain_tumor.store.modelstore import ModelStore
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import ObjectStore
 
 NOTICE = "research use, not for diagnosis"
 
@@ -32,8 +33,8 @@ def study_with_overlays(filled) -> tuple[str, list[str]]:
     """A scored study with tumor slices, and its overlay keys."""
     store = ObjectStore.from_settings(filled.settings)
     for study in filled.studies:
-        keys = [i.key for i in store.list(filled.settings.key("scores", filled.champion, study,
-                                                              "overlays") + "/")]
+        keys = [i.key for i in store.list(ScoreStore(store, filled.settings).output_key(
+            filled.champion, study, "overlays") + "/")]
         if keys:
             return study, keys
     raise AssertionError(f"no scored study has overlays: {filled.studies}")
@@ -44,7 +45,8 @@ def pictures(filled) -> list[str]:
     m1, (study, overlays) = filled.models[0], study_with_overlays(filled)
     store = ObjectStore.from_settings(filled.settings)
     plot = next(iter(store.list(ModelStore(store, filled.settings).key(m1, "plots") + "/")))
-    overlay = next(iter(store.list(filled.settings.key("scores", m1, study, "overlays") + "/")))
+    overlay = next(iter(store.list(ScoreStore(store, filled.settings).output_key(
+        m1, study, "overlays") + "/")))
     return [f"/brain-tumor/files/models/{m1}/plots/{plot.key.rsplit('/', 1)[1]}",
             f"/brain-tumor/files/scores/{m1}/{study}/overview.png",
             f"/brain-tumor/files/scores/{m1}/{study}/{overlay.key.rsplit('/', 2)[1]}/"
@@ -122,7 +124,7 @@ def test_every_page_and_picture_says_research_use(ops_server, token, filled) -> 
 
 
 def test_models_page_shows_champion_history_and_metrics(ops_server, token, filled) -> None:
-    from brain_tumor.gate import _fmt  # noqa: F401  (the gate's own formatting is not reused)
+    from brain_tumor.evaluation.gate import _fmt  # noqa: F401  (the gate's own formatting is not reused)
 
     html = get(ops_server, "/brain-tumor/models", token).text
     m1, m2, m3 = filled.models
@@ -217,7 +219,7 @@ def test_scoring_page_batches_studies_quarantine(ops_server, token, filled) -> N
 def test_study_page_summary_and_pictures(ops_server, token, filled) -> None:
     m1, (study, overlays) = filled.models[0], study_with_overlays(filled)
     store = ObjectStore.from_settings(filled.settings)
-    summary = store.get_json(filled.settings.key("scores", m1, study, "summary.json"))
+    summary = ScoreStore(store, filled.settings).summary(m1, study)
     html = get(ops_server, f"/brain-tumor/scoring/{m1}/{study}", token).text
     assert f"<td>{summary['tumor_slices']}</td>" in html
     assert f"<td>{summary['max_probability']:.4f}</td>" in html

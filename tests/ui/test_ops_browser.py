@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import OUTPUT
 
 CHROMIUM = os.environ.get("BT_CHROMIUM", "/usr/bin/chromium")

@@ -7,8 +7,13 @@ import re
 import pytest
 
 from brain_tumor_airflow.ui.charts import Series, line_chart
-from brain_tumor_airflow.ui.data import NotFound, check_model_version, check_png_name, \
-    check_study_id, headline
+from brain_tumor_airflow.ui.data import (
+    NotFound,
+    check_model_version,
+    check_png_name,
+    check_study_id,
+    headline,
+)
 from brain_tumor_airflow.ui.pages import NOTICE, gates_page
 from brain_tumor_airflow.ui.status import page_alerts
 

@@ -65,7 +65,8 @@ def test_synth_studies_and_submit_them(cli_env, store, tmp_path, capsys):
 
 
 def test_batches_lists_the_newest_first(cli_env, store, capsys):
-    from brain_tumor import batch
+    from brain_tumor.scoring import batch
+    from brain_tumor.store.scores import ScoreStore
 
     assert main(["batches"]) == 0
     assert "no scoring batches yet" in capsys.readouterr().out
@@ -73,7 +74,7 @@ def test_batches_lists_the_newest_first(cli_env, store, capsys):
             "deferred": 0}
     bad = {"study_id": "a", "status": "quarantined", "reason": "empty", "detail": "no slices"}
     for run_id, results in (("run-1", []), ("run-2", [bad])):
-        batch.write_summary(store, cli_env, batch.summarize(plan, results, run_id, "t0", "t1"))
+        ScoreStore(store, cli_env).write_batch(batch.summarize(plan, results, run_id, "t0", "t1"))
     assert main(["--json", "batches"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["run_id"] for r in rows] == ["run-2", "run-1"]
@@ -124,12 +125,12 @@ def test_registry_commands(cli_env, capsys):
 def test_score_command_needs_a_champion_and_scores_with_one(trained, monkeypatch, tmp_path, capsys):
     import uuid
 
-    from brain_tumor.imaging import encode_tiff
-    from brain_tumor.registry import Registry
-    from brain_tumor.steps import open_store
-    from brain_tumor.synth import make_slice
-
     import numpy as np
+
+    from brain_tumor.devtools.synth import make_slice
+    from brain_tumor.ingest.imaging import encode_tiff
+    from brain_tumor.steps import open_store
+    from brain_tumor.store.registry import Registry
 
     settings, record = trained
     bucket = f"t-{uuid.uuid4().hex[:12]}"

@@ -36,7 +36,7 @@ _HEADERS = {
 def ops_data() -> Any:
     """The pipeline's objects as the pages read them (settings and client built once)."""
     from brain_tumor.settings import load_settings
-    from brain_tumor.storage import ObjectStore
+    from brain_tumor.store.storage import ObjectStore
     from brain_tumor_airflow.ui.data import OpsData
 
     settings = load_settings()

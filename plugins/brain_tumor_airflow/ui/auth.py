@@ -32,9 +32,8 @@ def token_of(request: Request) -> str | None:
 
 async def require_user(request: Request) -> Any:
     """The Airflow user behind the request's token; HTTPException 401/403 otherwise."""
-    from jwt import ExpiredSignatureError, InvalidTokenError
-
     from airflow.api_fastapi.app import get_auth_manager
+    from jwt import ExpiredSignatureError, InvalidTokenError
 
     token = token_of(request)
     if not token:

@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from brain_tumor.datasets import DatasetStore
-from brain_tumor.modelstore import ModelStore
-from brain_tumor.registry import Registry
-from brain_tumor.schemas import SchemaError, validate_record
-from brain_tumor.score import DONE_DIR, QUARANTINE, is_study_id
 from brain_tumor.settings import Settings
-from brain_tumor.storage import KeyNotFound, ObjectStore, StorageError
+from brain_tumor.store import ids
+from brain_tumor.store.datasets import DatasetStore
+from brain_tumor.store.modelstore import ModelStore
+from brain_tumor.store.registry import Registry
+from brain_tumor.store.schemas import SchemaError, validate_record
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import KeyNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ HEADLINE = (
     ("false_positive_slices_per_patient", "patient", "false_positive_slices_per_patient"),
     ("ece", "calibration", "ece"),
 )
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
 RECENT_BATCHES = 50
 RECENT_STUDIES = 100
@@ -43,15 +43,15 @@ class NotFound(LookupError):
 
 
 def check_model_version(value: str) -> str:
-    """value if it can be a model version id (letters, digits, '._-', no leading dot)."""
-    if not isinstance(value, str) or not _VERSION_RE.match(value) or ".." in value:
+    """value if it can be a model version id (``brain_tumor.store.ids``' rule), else NotFound."""
+    if not ids.is_key_id(value):
         raise NotFound(f"not a model version id: {value!r:.80}")
     return value
 
 
 def check_study_id(value: str) -> str:
-    """value if it is a valid study id (brain_tumor.score's rule)."""
-    if not is_study_id(value) or value.startswith("."):
+    """value if it is a valid study id (``brain_tumor.store.ids``' rule), else NotFound."""
+    if not ids.is_study_id(value):
         raise NotFound(f"not a study id: {value!r:.80}")
     return value
 
@@ -83,6 +83,10 @@ class OpsData:
     @property
     def models(self) -> ModelStore:
         return ModelStore(self.store, self.settings)
+
+    @property
+    def scores(self) -> ScoreStore:
+        return ScoreStore(self.store, self.settings)
 
     # --- models and registry ---
     def registry(self) -> dict[str, Any]:
@@ -173,61 +177,33 @@ class OpsData:
 
     # --- scoring ---
     def batches(self, limit: int = RECENT_BATCHES) -> list[dict[str, Any]]:
-        """The most recent scoring batch summaries, newest first."""
-        prefix = self.settings.key("scores", "batches") + "/"
-        infos = sorted((i for i in self.store.list(prefix) if i.key.endswith(".json")),
-                       key=lambda i: i.last_modified or 0, reverse=True)[:limit]
-        found = []
-        for info in infos:
-            try:
-                found.append(validate_record("batch_summary", self.store.get_json(info.key)))
-            except (SchemaError, StorageError) as exc:
-                log.warning("unreadable batch summary %s: %s", info.key, exc)
-        return sorted(found, key=lambda b: b.get("started_at") or "", reverse=True)
+        """The most recent scoring batch summaries, newest start first."""
+        return sorted(self.scores.batches(limit), key=lambda b: b.get("started_at") or "",
+                      reverse=True)
 
     def scored_studies(self, limit: int = RECENT_STUDIES) -> list[dict[str, Any]]:
         """The most recently scored studies of every model version: study id, model, when."""
-        root = self.settings.key("scores")  # ends with "/"
-        found = []
-        for folder in self.store.list_dirs(root):
-            version = folder[len(root):].rstrip("/")
-            if version == "batches" or not _VERSION_RE.match(version):
-                continue
-            done = f"{folder}{DONE_DIR}/"
-            for info in self.store.list(done):
-                study = info.key[len(done):].removesuffix(".json")
-                if info.key.endswith(".json") and is_study_id(study):
-                    found.append({"study_id": study, "model_version": version,
-                                  "at": info.last_modified})
-        return sorted(found, key=lambda s: s["at"] or 0, reverse=True)[:limit]
+        return [{"study_id": s.study_id, "model_version": s.model_version, "at": s.at}
+                for s in self.scores.scored(limit)]
 
     def quarantined_studies(self, version: str) -> list[dict[str, Any]]:
         """The quarantine records of a model version's scoring."""
-        prefix = self.settings.key("scores", check_model_version(version), QUARANTINE) + "/"
-        records = []
-        for info in self.store.list(prefix):
-            try:
-                records.append(self.store.get_json(info.key))
-            except StorageError as exc:
-                log.warning("unreadable quarantine record %s: %s", info.key, exc)
-        return records
+        return self.scores.quarantine_records(check_model_version(version))
 
     def study(self, version: str, study_id: str) -> dict[str, Any]:
         """A scored study: its summary and the slice numbers that have overlays."""
         self._known_model(version), check_study_id(study_id)
-        done = self.settings.key("scores", version, DONE_DIR, f"{study_id}.json")
-        if not self.store.exists(done):
+        summary = self.scores.result(version, study_id)
+        if summary is None:
             raise NotFound(f"study {study_id} has no result from model version {version}")
-        base = self.settings.key("scores", version, study_id)
-        summary = validate_record("study_summary", self.store.get_json(f"{base}/summary.json"))
-        prefix = f"{base}/overlays/"
-        slices = sorted(int(m.group(1)) for i in self.store.list(prefix)
-                        if (m := re.fullmatch(r"(\d+)\.png", i.key[len(prefix):])))
-        return {"summary": summary, "overlays": slices}
+        return {"summary": summary, "overlays": self.scores.overlay_slices(version, study_id)}
 
     def study_picture(self, version: str, study_id: str, name: str) -> bytes:
         """overview.png or overlays/<n>.png of a scored study."""
         self._known_model(version), check_study_id(study_id)
         if name != "overview.png" and not re.fullmatch(r"overlays/\d{1,6}\.png", name):
             raise NotFound(f"not a study picture: {name!r:.80}")
-        return self._get(self.settings.key("scores", version, study_id, name))
+        try:
+            return self.scores.get_output(version, study_id, name)
+        except KeyNotFound as exc:
+            raise NotFound(f"no picture {name} of study {study_id}") from exc

@@ -19,10 +19,9 @@ RECENT_BATCHES = 10
 def recent_runs(dag_ids: tuple[str, ...] = (RETRAIN_DAG, SCORING_DAG),
                 limit: int = RECENT_RUNS) -> list[dict[str, Any]]:
     """The newest runs of each DAG (dag_id, run_id, state, start, end), newest first."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     runs: list[dict[str, Any]] = []
     with create_session() as session:

@@ -1,0 +1,1 @@
+"""Evaluation on held-out patients: metrics, the evaluation run, report and the promotion gate."""

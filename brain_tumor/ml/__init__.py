@@ -1,0 +1,1 @@
+"""Machine learning: the input pipeline, the Keras models, training and prediction."""

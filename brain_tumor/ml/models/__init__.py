@@ -1,0 +1,43 @@
+"""Keras 3 models: slice classifier, U-Net segmenter and their custom losses/layers.
+
+Importing this package registers the custom objects needed to reload ``.keras`` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+
+from brain_tumor.ml.models import losses
+from brain_tumor.ml.models.classifier import (
+    CaffePreprocessing,
+    build_classifier,
+    get_backbone,
+    set_backbone_trainable,
+)
+from brain_tumor.ml.models.losses import bce_dice_loss, dice_coefficient
+from brain_tumor.ml.models.segmenter import build_segmenter
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CaffePreprocessing",
+    "bce_dice_loss",
+    "build_classifier",
+    "build_segmenter",
+    "dice_coefficient",
+    "get_backbone",
+    "load_model",
+    "losses",
+    "set_backbone_trainable",
+]
+
+
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` model saved from this package (custom objects are registered here)."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras file, got {path!r}")
+    return keras.saving.load_model(path, compile=compile)

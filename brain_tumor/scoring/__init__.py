@@ -1,0 +1,1 @@
+"""Scoring incoming studies: reader, engine, post-processing and writers; batch planning."""

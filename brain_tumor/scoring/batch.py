@@ -1,0 +1,121 @@
+"""Scoring batches: which incoming studies one run scores, and the batch summary it leaves.
+
+A study is due for the champion when it has no done marker and no quarantine record for it
+(unless it was uploaded again after being quarantined). A study that some earlier champion
+already scored is re-scored only if it arrived within ``rescore_window_days``: a champion change
+refreshes recent results without re-scoring the whole archive. Due studies are taken oldest
+first, at most ``scoring_max_studies_per_run`` per run; the rest wait for the next run.
+
+``plan_batch`` is pure; ``scan`` gathers its inputs with a handful of listings (one of
+``incoming/``, one of each earlier champion's ``_done/`` folder, one of the quarantine folder), so a run
+over a large archive costs listing pages, not one request per study.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from brain_tumor.settings import Settings
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.registry import Registry
+from brain_tumor.store.schemas import validate_record
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What storage says about incoming studies and their results (inputs of plan_batch)."""
+
+    arrived: dict[str, datetime]  # study id -> newest upload time of its objects
+    done: set[str]  # studies the model version has scored
+    quarantined: dict[str, datetime]  # study id -> when the model version quarantined it
+    scored_before: set[str]  # studies an earlier champion scored
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The studies one run scores, and why the others are left out."""
+
+    model_version: str
+    study_ids: list[str]
+    already_done: int = 0
+    quarantined_before: int = 0
+    outside_window: int = 0
+    deferred: int = 0
+    deferred_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_batch(model_version: str, inventory: Inventory, now: datetime, window_days: float,
+               limit: int) -> BatchPlan:
+    """Pick the due studies, oldest arrival first, at most limit of them."""
+    window_start = now - timedelta(days=window_days)
+    due: list[str] = []
+    done = quarantined = outside = 0
+    for sid, arrived in sorted(inventory.arrived.items(), key=lambda kv: (kv[1], kv[0])):
+        if sid in inventory.done:
+            done += 1
+        elif sid in inventory.quarantined and inventory.quarantined[sid] >= arrived:
+            quarantined += 1
+        elif sid in inventory.scored_before and arrived < window_start:
+            outside += 1
+        else:
+            due.append(sid)
+    return BatchPlan(model_version, due[:limit], already_done=done, quarantined_before=quarantined,
+                     outside_window=outside, deferred=len(due[limit:]), deferred_ids=due[limit:])
+
+
+def scan(store: ObjectStore, settings: Settings, model_version: str) -> Inventory:
+    """Gather plan_batch's inputs from storage."""
+    scores = ScoreStore(store, settings)
+    promoted = [e["model_version"] for e in Registry(store, settings).events()
+                if e["action"] == "promoted" and e["model_version"] != model_version]
+    scored_before: set[str] = set()
+    for version in dict.fromkeys(promoted):
+        scored_before |= set(scores.done_ids(version))
+    return Inventory(arrived=IncomingStore(store, settings).arrivals(),
+                     done=set(scores.done_ids(model_version)),
+                     quarantined=scores.quarantined_ids(model_version),
+                     scored_before=scored_before)
+
+
+def summarize(plan: dict[str, Any], results: list[dict[str, Any]], run_id: str,
+              started_at: str, finished_at: str, trigger: str | None = None) -> dict[str, Any]:
+    """The batch summary of one run from its plan and the per-study results."""
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_status.setdefault(result["status"], []).append(result)
+    reported = {r["study_id"] for r in results}
+    failed = sorted(set(plan["study_ids"]) - reported)
+    scored = by_status.get("scored", [])
+    quarantined = by_status.get("quarantined", [])
+    timings = [r.get("timings") or {} for r in scored]
+    record = {
+        "run_id": run_id, "trigger": trigger, "model_version": plan["model_version"],
+        "studies_planned": len(plan["study_ids"]),
+        "studies_scored": len(scored),
+        "studies_skipped": len(by_status.get("skipped", [])) + plan["already_done"],
+        "studies_quarantined": len(quarantined),
+        "studies_failed": len(failed),
+        "studies_deferred": plan["deferred"],
+        "studies_outside_window": plan["outside_window"],
+        "tumors_found": sum(bool(r.get("tumor_present")) for r in scored),
+        "slices_scored": sum(int(r.get("slices", 0)) for r in scored),
+        "mean_max_probability": (sum(float(r["max_probability"]) for r in scored) / len(scored)
+                                 if scored else None),
+        "seconds": {k: round(sum(t.get(k, 0.0) for t in timings), 3)
+                    for k in ("read_s", "model_s", "write_s")},
+        "quarantined": [{"study_id": r["study_id"], "reason": r["reason"],
+                         "detail": r["detail"]} for r in quarantined],
+        "failed": failed,
+        "started_at": started_at, "finished_at": finished_at,
+    }
+    return validate_record("batch_summary", record)

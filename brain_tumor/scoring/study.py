@@ -1,0 +1,106 @@
+"""Scoring one study: reader -> engine -> post-processing -> writers, then summary and marker.
+
+A study is all-or-nothing: a reader that rejects it (``StudyRejected``) leaves a quarantine
+record at ``scores/<model>/quarantine/<study>.json`` and nothing else. A scored study's outputs
+are written first and its done marker last (``brain_tumor.store.scores``), so a study without
+the marker has no visible result and re-running it rewrites the same keys.
+
+``ScoringPipeline`` holds one implementation of each seam (``brain_tumor.scoring.contracts``);
+build it once per loaded model version and score as many studies with it as there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from brain_tumor.ml.predict import LoadedModel
+from brain_tumor.scoring.contracts import (
+    InferenceEngine,
+    OutputWriter,
+    PostProcessor,
+    StudyReader,
+    StudyRejected,
+)
+from brain_tumor.scoring.engines import KerasEngine
+from brain_tumor.scoring.geometry import study_volume
+from brain_tumor.scoring.postprocess import SliceThreshold
+from brain_tumor.scoring.readers import TiffFolderReader
+from brain_tumor.scoring.writers import PictureWriter, SlicesTableWriter
+from brain_tumor.settings import Settings
+from brain_tumor.store.datasets import utc_now
+from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.scores import ScoreStore
+from brain_tumor.store.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoringPipeline:
+    """One implementation of each seam, and the store the results go to."""
+
+    reader: StudyReader
+    engine: InferenceEngine
+    postprocess: PostProcessor
+    writers: list[OutputWriter]
+    scores: ScoreStore
+
+    def score(self, study_id: str) -> dict[str, Any]:
+        """Score one study (or skip it if done); raise StudyRejected after quarantining it."""
+        mv = self.engine.version
+        if self.scores.is_done(mv, study_id):
+            log.info("study %s already scored with %s; skipping", study_id, mv)
+            return {"study_id": study_id, "status": "skipped", **self.scores.summary(mv, study_id)}
+        clock = time.perf_counter()
+        try:
+            study = self.reader.read(study_id)
+        except StudyRejected as exc:
+            self.scores.quarantine(mv, study_id, {
+                "study_id": study_id, "model_version": mv, "reason": exc.reason,
+                "detail": exc.detail, "files": exc.files, "at": utc_now()})
+            log.warning("study %s rejected (%s): %s", study_id, exc.reason, exc.detail)
+            raise
+        read_s, clock = time.perf_counter() - clock, time.perf_counter()
+        pred = self.postprocess(self.engine.predict(study.images), study, self.engine.threshold)
+        model_s, clock = time.perf_counter() - clock, time.perf_counter()
+        for writer in self.writers:
+            writer.write(self.scores, mv, study, pred)
+        tumor_slices = int(np.sum(pred.label))
+        summary = {
+            "study_id": study_id, "model_version": mv,
+            "dataset_version": str(self.engine.record["dataset_version"]),
+            "tumor_present": tumor_slices > 0, "tumor_slices": tumor_slices,
+            "slices": len(study.images), "tumor_volume_voxels": study_volume(pred.masks),
+            "max_probability": float(np.max(pred.prob)), "scored_at": utc_now(),
+        }
+        marker = {"study_id": study_id, "model_version": mv, "at": utc_now()}
+        if not self.scores.commit(mv, study_id, summary, marker):
+            log.info("study %s: done marker already present (scored concurrently)", study_id)
+        timings = {"read_s": round(read_s, 4), "model_s": round(model_s, 4),
+                   "write_s": round(time.perf_counter() - clock, 4)}
+        log.info("scored study %s with %s: %d slices, %d with tumor (read %.2fs, model %.2fs, "
+                 "write %.2fs)", study_id, mv, len(study.images), tumor_slices, *timings.values())
+        return {"study_id": study_id, "status": "scored", **summary, "timings": timings}
+
+
+def build_pipeline(store: ObjectStore, settings: Settings, model: LoadedModel) -> ScoringPipeline:
+    """The default pipeline: TIFF folders, the Keras engine, per-slice threshold, every output."""
+    return ScoringPipeline(
+        reader=TiffFolderReader(IncomingStore(store, settings), settings.io_workers,
+                                settings.expected_slice_size),
+        engine=KerasEngine(model, settings.batch_size),
+        postprocess=SliceThreshold(settings.mask_threshold),
+        writers=[SlicesTableWriter(), PictureWriter(settings.io_workers)],
+        scores=ScoreStore(store, settings),
+    )
+
+
+def score_study(store: ObjectStore, settings: Settings, model: LoadedModel,
+                study_id: str) -> dict[str, Any]:
+    """Score one study with the default pipeline (see ``ScoringPipeline.score``)."""
+    return build_pipeline(store, settings, model).score(study_id)

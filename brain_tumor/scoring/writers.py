@@ -1,0 +1,89 @@
+"""Output writers: a scored study's objects under ``scores/<model>/<study>/`` (fourth seam).
+
+``SlicesTableWriter`` writes ``slices.parquet`` (one row per slice); ``PictureWriter`` writes
+``masks/<N>.png`` and ``overlays/<N>.png`` for each tumor slice and ``overview.png``. The summary
+and the done marker are not writers' business: ``brain_tumor.scoring.study`` commits them last.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from brain_tumor.scoring.contracts import Study, StudyPrediction
+from brain_tumor.scoring.overlay import contact_sheet, encode_png, overlay
+from brain_tumor.store.schemas import validate_table
+from brain_tumor.store.scores import ScoreStore
+
+MAX_OVERVIEW_TILES = 24  # tumor slices on the overview, evenly spaced when there are more
+FALLBACK_TILES = 4  # slices on the overview of a study without tumor
+
+
+def slices_table(study: Study, pred: StudyPrediction) -> pd.DataFrame:
+    """The scored_slices table of one study."""
+    boxes = [g["bbox"] or (None,) * 4 for g in pred.geometry]
+    cents = [g["centroid"] or (np.nan, np.nan) for g in pred.geometry]
+    df = pd.DataFrame({
+        "study_id": study.study_id, "slice_index": np.asarray(study.slice_index, np.int64),
+        "source_key": study.source,
+        "probability": np.asarray(pred.prob, np.float64),
+        "label": np.asarray(pred.label, np.int64),
+        "tumor_pixels": np.asarray([g["area"] for g in pred.geometry], np.int64),
+        **{f"bbox_{c}": pd.array([b[i] for b in boxes], dtype="Int64")
+           for i, c in enumerate(("y0", "x0", "y1", "x1"))},
+        "centroid_y": np.asarray([c[0] for c in cents], np.float64),
+        "centroid_x": np.asarray([c[1] for c in cents], np.float64),
+    })
+    return validate_table("scored_slices", df)
+
+
+def spread(items: list[int], count: int) -> list[int]:
+    """At most count items, evenly spaced, first and last included."""
+    picks = np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)
+    return [items[i] for i in sorted(set(picks.tolist()))]
+
+
+class SlicesTableWriter:
+    """``slices.parquet``: probability, label, area, box and centroid of every slice."""
+
+    def write(self, scores: ScoreStore, model_version: str, study: Study,
+              pred: StudyPrediction) -> list[str]:
+        """Write the table; returns its name."""
+        scores.put_table(model_version, study.study_id, "slices.parquet", slices_table(study, pred))
+        return ["slices.parquet"]
+
+
+class PictureWriter:
+    """PNG masks and overlays of tumor slices, and one overview picture per study."""
+
+    def __init__(self, io_workers: int = 8) -> None:
+        self.io_workers = io_workers
+
+    def write(self, scores: ScoreStore, model_version: str, study: Study,
+              pred: StudyPrediction) -> list[str]:
+        """Write every picture; returns their names."""
+        sid, idx = study.study_id, study.slice_index
+        tumor = [i for i in range(len(study.images)) if pred.label[i]]
+
+        def picture(i: int) -> np.ndarray:
+            return overlay(study.images[i], pred.masks[i], pred.geometry[i]["bbox"],
+                           float(pred.prob[i]), int(pred.label[i]))
+
+        def write_tumor_slice(i: int) -> np.ndarray:
+            mask_png = encode_png(np.where(pred.masks[i], 255, 0).astype(np.uint8))
+            scores.put_output(model_version, sid, f"masks/{idx[i]}.png", mask_png, "image/png")
+            pic = picture(i)
+            scores.put_output(model_version, sid, f"overlays/{idx[i]}.png", encode_png(pic),
+                              "image/png")
+            return pic
+
+        with ThreadPoolExecutor(max_workers=self.io_workers) as pool:
+            pictures = dict(zip(tumor, pool.map(write_tumor_slice, tumor), strict=True))
+        shown = (spread(tumor, MAX_OVERVIEW_TILES)
+                 or spread(list(range(len(study.images))), FALLBACK_TILES))
+        sheet = contact_sheet([pictures[i] if i in pictures else picture(i) for i in shown])
+        scores.put_output(model_version, sid, "overview.png", encode_png(sheet), "image/png")
+        return [*(f"masks/{idx[i]}.png" for i in tumor), *(f"overlays/{idx[i]}.png" for i in tumor),
+                "overview.png"]
