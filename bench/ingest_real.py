@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: upload, ingest and split the real LGG export through a real S3 server.
 
-Starts a private SeaweedFS server (``brain_tumor.devtools.embedded_s3.EmbeddedS3``) in a temporary folder,
+Starts a private SeaweedFS server (``brain_tumor.devtools.embedded_s3.EmbeddedS3``) in a
+temporary folder,
 then times, each on its own:
 
 1. ``upload``   - ``brain_tumor.ingest.exports.upload_export`` of the export: the archive as is (the

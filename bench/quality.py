@@ -1,4 +1,5 @@
-"""Quality benchmark on the real LGG data: ingest, split by patient, train, evaluate on test patients.
+"""Quality benchmark on the real LGG data: ingest, split by patient, train, evaluate on test
+patients.
 
 Profiles:
   cpu  ResNet50 from scratch + U-Net at 128x128, sized to finish in under an hour on 2 CPU cores.
@@ -216,7 +217,8 @@ def main() -> int:
     p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     p.add_argument("--json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     fn = {"run": cmd_run, "export-cache": cmd_export_cache, "run-cache": cmd_run_cache}[args.cmd]
     result = fn(args)

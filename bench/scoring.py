@@ -137,7 +137,8 @@ def _batched_model_time(model, store, settings, study_id: str) -> float:
     from brain_tumor.scoring.readers import TiffFolderReader
     from brain_tumor.store.incoming import IncomingStore
 
-    images = [decode_image(store.get(k)) for _, k in TiffFolderReader(IncomingStore(store, settings)).slice_keys(study_id)]
+    reader = TiffFolderReader(IncomingStore(store, settings))
+    images = [decode_image(store.get(k)) for _, k in reader.slice_keys(study_id)]
     start = time.perf_counter()
     predict_batch(model, to_model_input(images, model.image_size), settings.batch_size)
     return time.perf_counter() - start

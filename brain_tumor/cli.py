@@ -189,8 +189,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _use_backend(settings)
     result = steps.score(settings, args.study_ids or None, args.model_version)
     lines = [f"model {result['model_version']}"]
-    lines += [f"  {r['study_id']:24} {r['status']:8} tumor {'yes' if r['tumor_present'] else 'no ':3} "
-              f"slices {r['tumor_slices']}/{r['slices']}  volume {r['tumor_volume_voxels']} voxels  "
+    lines += [f"  {r['study_id']:24} {r['status']:8} "
+              f"tumor {'yes' if r['tumor_present'] else 'no ':3} "
+              f"slices {r['tumor_slices']}/{r['slices']}  "
+              f"volume {r['tumor_volume_voxels']} voxels  "
               f"max p {r['max_probability']:.2f}" for r in result["studies"]]
     lines += [f"  {q['study_id']:24} QUARANTINED {q['reason']}: {q['detail']}"
               for q in result["quarantined"]]
@@ -246,6 +248,11 @@ def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
                   for e in info["events"]]
         _emit(args, info, "\n".join(lines))
         return 0
+    if args.action == "repair":
+        champion = registry.repair()
+        _emit(args, {"champion": champion, "pointer": registry.pointer_key},
+              f"champion pointer {registry.pointer_key} names {champion or 'no champion yet'}")
+        return 0
     reason = args.reason or f"manual {args.action} from the command line"
     if args.action == "promote":
         if not args.model_version:
@@ -264,7 +271,8 @@ def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     datasets = DatasetStore(_store(settings), settings)
     version = datasets.resolve(args.version)
     record = datasets.record(version)
-    text = f"dataset {version} (parent {record['parent']}, exports {', '.join(record['exports'])})" \
+    text = f"dataset {version} (parent {record['parent']}, " \
+           f"exports {', '.join(record['exports'])})" \
            + "".join(f"\n  {k:13} {v}" for k, v in record["counts"].items())
     _emit(args, record, text)
     return 0
@@ -320,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every subcommand explains itself with --help)."""
     parser = argparse.ArgumentParser(
         prog="brain-tumor", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Brain-MRI tumor detection pipeline: object storage, ingest of TCIA "
-                    "exports, patient-level split, synthetic data.")
+        description="Brain-MRI tumor detection pipeline: ingest TCIA exports into versioned "
+                    "datasets, split them by patient, train, evaluate and gate model versions, "
+                    "keep the model registry, score incoming studies with the champion, and "
+                    "run the whole job as a local demo.")
     parser.add_argument("--config", help="TOML settings file (else BRAIN_TUMOR_CONFIG)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -365,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "scored, skipped, quarantined, failed, deferred, tumors.")
     p.add_argument("--limit", type=int, default=20)
 
-    p = add("exports", cmd_exports, "List the exports in S3 and the dataset version each went into.")
+    p = add("exports", cmd_exports,
+            "List the exports in S3 and the dataset version each went into.")
     p.add_argument("--new", action="store_true", help="only exports not ingested yet")
 
     p = add("ingest", cmd_ingest, "Ingest exports into a new dataset version: check every file, "
@@ -397,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("registry", cmd_registry, "The model registry: list decisions, show a model, "
                                       "promote one by hand, or roll back to the previous "
-                                      "champion (each writes an immutable event).")
-    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+                                      "champion (each writes an immutable event); repair "
+                                      "moves a champion pointer left behind by a crash to "
+                                      "the champion the event log implies.")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback", "repair"])
     p.add_argument("model_version", nargs="?", help="for show and promote")
     p.add_argument("--reason", help="why (recorded in the event)")
 

@@ -16,12 +16,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from brain_tumor.store.ids import MAX_KEY_BYTES, MAX_PREFIX_BYTES
+
 ENV_PREFIX = "BRAIN_TUMOR_"
 CONFIG_ENV = "BRAIN_TUMOR_CONFIG"
+PREFIX_FIELDS = ("exports_prefix", "datasets_prefix", "ledger_prefix", "models_prefix",
+                 "registry_prefix", "incoming_prefix", "scores_prefix", "blobs_prefix")
 
 
 class SettingsError(ValueError):
-    """Settings could not be loaded: a bad file, an unknown key or a bad value."""
+    """Settings could not be loaded: a bad file, an unknown key or a bad value.
+
+    The message never holds the value of a secret field (see ``load_settings``).
+    """
 
 
 class Settings(BaseModel):
@@ -61,7 +68,8 @@ class Settings(BaseModel):
 
     # --- ingest ---
     max_quarantine_fraction: float = Field(
-        0.2, ge=0, le=1, description="Fail the ingest when more than this share of files is rejected."
+        0.2, ge=0, le=1,
+        description="Fail the ingest when more than this share of files is rejected."
     )
     expected_slice_size: int | None = Field(
         None, ge=1, description="Reject slices whose height or width differs; unset accepts any."
@@ -122,6 +130,14 @@ class Settings(BaseModel):
     docker_tls_client_key: str | None = Field(
         None, description="Client key (path on the worker) for the Docker engine.")
     train_pool: str = Field("brain_tumor_gpu", description="Airflow pool sized to the GPUs.")
+    train_timeout_minutes: int = Field(
+        720, ge=1, description="execution_timeout of retrain_nightly's train task (each try).")
+    retrain_dagrun_timeout_minutes: int = Field(
+        1320, ge=1, description="dagrun_timeout of retrain_nightly: a run still going after this "
+                                "is failed; longer than the train timeout.")
+    scoring_dagrun_timeout_minutes: int = Field(
+        180, ge=1, description="dagrun_timeout of batch_score: a run still going after this is "
+                               "failed.")
     s3_conn_id: str | None = Field(
         None, description="Airflow connection (type aws) whose login, password and extra "
                           "endpoint_url replace the S3 settings for the trainer container.")
@@ -144,9 +160,21 @@ class Settings(BaseModel):
                                "evaluation and gate, local training (the ML workers).")
 
     # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
-    alert_notifier: str | None = Field(
-        None, description="Dotted path ('package.module:function') of a callable that gets "
-                          "each alert as a dict, besides the log line; unset: log only.")
+    alert_notifiers: str | None = Field(
+        None, description="Comma list of Airflow notifiers each alert goes to besides the log "
+                          "line: smtp, slack, apprise; unset: log only.")
+    alert_smtp_conn_id: str = Field("smtp_default", description="Airflow connection of the "
+                                    "smtp notifier's mail server.")
+    alert_email_to: str | None = Field(None, description="Comma list of alert recipients "
+                                       "(needed by the smtp notifier).")
+    alert_email_from: str | None = Field(None, description="Sender of alert e-mails; unset: the "
+                                         "connection's from_email extra.")
+    alert_slack_conn_id: str = Field("slack_api_default",
+                                     description="Airflow connection of the slack notifier.")
+    alert_slack_channel: str = Field("#brain-tumor-alerts",
+                                     description="Channel the slack notifier posts to.")
+    alert_apprise_conn_id: str = Field("apprise_default",
+                                       description="Airflow connection of the apprise notifier.")
 
     # --- promotion gate ---
     gate_min_sensitivity: float = Field(0.80, ge=0, le=1, description="Slice sensitivity floor.")
@@ -165,11 +193,17 @@ class Settings(BaseModel):
                 f"split fractions must sum to 1, received train={self.split_train} "
                 f"val={self.split_val} test={self.split_test} (sum {total})"
             )
-        for name in ("exports_prefix", "datasets_prefix", "ledger_prefix", "models_prefix",
-                     "registry_prefix", "incoming_prefix", "scores_prefix", "blobs_prefix"):
+        for name in PREFIX_FIELDS:
             value = getattr(self, name)
             if not value.endswith("/") or value.startswith("/"):
-                raise ValueError(f"{name} must end with '/' and not start with it, received {value!r}")
+                raise ValueError(f"{name} must end with '/' and not start with it, "
+                                 f"received {value!r}")
+            size = len((self.s3_root + value).encode("utf-8"))
+            if size > MAX_PREFIX_BYTES:
+                raise ValueError(
+                    f"s3_root + {name} must be at most {MAX_PREFIX_BYTES} bytes, so that keys "
+                    f"with ids fit in S3's {MAX_KEY_BYTES}-byte limit; received {size} bytes "
+                    f"({self.s3_root + value!r:.80})")
         return self
 
     def key(self, prefix_field: str, *parts: str) -> str:
@@ -185,7 +219,8 @@ class Settings(BaseModel):
     def public_dict(self) -> dict[str, Any]:
         """Every setting as JSON-ready values, secrets masked (saved beside outputs)."""
         data = self.model_dump(mode="json")
-        data["s3_secret_access_key"] = "***"
+        for name in SECRET_FIELDS:
+            data[name] = "***"
         return data
 
 
@@ -201,6 +236,49 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
 
 _OPTIONAL_FIELDS = tuple(name for name, info in Settings.model_fields.items()
                          if type(None) in typing.get_args(info.annotation))
+#: fields whose values no message, log line or output shows
+SECRET_FIELDS = tuple(name for name, info in Settings.model_fields.items()
+                      if info.annotation is SecretStr)
+
+
+def _unknown(name: str) -> str:
+    return f"unknown setting {name}; known: {', '.join(sorted(Settings.model_fields))}"
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem of a failed validation, naming received values except secret ones.
+
+    Built from pydantic's error list, not its text: a value is shown only for a known field that
+    is not secret; an unknown key (possibly a misspelled secret) and a whole-settings check (whose
+    input is every value) show none.
+    """
+    lines = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=True):
+        loc = err["loc"]
+        field = str(loc[0]) if loc else ""
+        where = ".".join(str(part) for part in loc)
+        if err["type"] == "extra_forbidden":
+            lines.append(_unknown(repr(field)))
+        elif field in SECRET_FIELDS:
+            kind = type(err["input"]).__name__
+            lines.append(f"{where}: {err['msg']} (received a value of type {kind}; "
+                         f"the value is not shown)")
+        elif field in Settings.model_fields:
+            lines.append(f"{where}: {err['msg']}, received {err['input']!r:.80}")
+        else:
+            lines.append(err["msg"].removeprefix("Value error, "))
+    return "; ".join(lines)
+
+
+def _hide_secrets(message: str, values: Mapping[str, Any]) -> str:
+    """message with the raw value of every secret field replaced by '***'."""
+    for name in SECRET_FIELDS:
+        raw = values.get(name)
+        text = raw.get_secret_value() if isinstance(raw, SecretStr) else \
+            "" if raw is None else str(raw)
+        if text:
+            message = message.replace(text, "***")
+    return message
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, str]:
@@ -211,7 +289,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
             continue
         field = name[len(ENV_PREFIX):].lower()
         if field not in fields:
-            raise SettingsError(f"unknown setting {name}; known: {', '.join(sorted(fields))}")
+            raise SettingsError(_unknown(name))
         values[field] = raw
     for optional in _OPTIONAL_FIELDS:  # an empty variable unsets an optional setting
         if values.get(optional, None) == "":
@@ -235,7 +313,11 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build the settings from defaults, an optional TOML file, the environment and overrides."""
+    """Build the settings from defaults, an optional TOML file, the environment and overrides.
+
+    A SettingsError says what is wrong; it never holds a secret value and chains no pydantic
+    error (whose text would show them).
+    """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     config_file = config_file or env.get(CONFIG_ENV) or None
@@ -246,4 +328,5 @@ def load_settings(
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        message = _hide_secrets(f"invalid settings: {describe_errors(exc)}", values)
+    raise SettingsError(message) from None  # pydantic's own text shows every input value

@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from brain_tumor.evaluation import catalog
 from brain_tumor.ingest.exports import list_exports
 from brain_tumor.ingest.run import ingest_export
 from brain_tumor.ingest.split import SplitConfig, assign_split, split_counts
@@ -70,7 +71,8 @@ def split(settings: Settings, dataset_version: str | None = None) -> dict[str, A
             "splits": counts.reset_index(names="split").to_dict(orient="records")}
 
 
-def train(settings: Settings, dataset_version: str | None = None, verbose: int = 2) -> dict[str, Any]:
+def train(settings: Settings, dataset_version: str | None = None,
+          verbose: int = 2) -> dict[str, Any]:
     """Train a model version on a dataset version (default HEAD); returns its model.json."""
     from brain_tumor.ml.train import train_model
 
@@ -78,18 +80,8 @@ def train(settings: Settings, dataset_version: str | None = None, verbose: int =
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers people and gates look at first."""
-    return {
-        "roc_auc": metrics["slice"].get("roc_auc"),
-        "sensitivity": metrics["slice"].get("sensitivity"),
-        "specificity": metrics["slice"].get("specificity"),
-        "dice_per_patient_mean": metrics["localization"].get("dice_per_patient_mean"),
-        "dice_per_patient_median": metrics["localization"].get("dice_per_patient_median"),
-        "detection_rate": metrics["patient"].get("detection_rate"),
-        "false_positive_slices_per_patient":
-            metrics["patient"].get("false_positive_slices_per_patient"),
-        "ece": metrics["calibration"].get("ece"),
-    }
+    """The few numbers people and gates look at first (the catalog's headline metrics)."""
+    return catalog.headline(metrics)
 
 
 def evaluate(settings: Settings, model_version: str, dataset_version: str | None = None,
@@ -125,7 +117,8 @@ def champion(settings: Settings) -> str | None:
 def gate(settings: Settings, candidate: str, dataset_version: str,
          champion_version: str | None) -> dict[str, Any]:
     """Gate a candidate: floors, and no regression against the champion re-evaluated on the
-    candidate's test patients. Stores models/<candidate>/gate.json; returns the result."""
+    candidate's test patients. Stores models/<candidate>/gate/<dataset_version>.json; returns
+    the result."""
     from brain_tumor.evaluation.gate import GateConfig, explain, run_gate
     from brain_tumor.store.modelstore import ModelStore
     from brain_tumor.store.schemas import validate_record
@@ -147,7 +140,8 @@ def gate(settings: Settings, candidate: str, dataset_version: str,
     return result
 
 
-def decide(settings: Settings, gate_result: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+def decide(settings: Settings, gate_result: dict[str, Any],
+           run_id: str | None = None) -> dict[str, Any]:
     """Promote a candidate that passed the gate, else record its rejection; returns the event."""
     from brain_tumor.store.registry import Registry
 
@@ -195,21 +189,44 @@ def _champion_or_fail(settings: Settings) -> str:
     return version
 
 
-def plan_scoring(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """The champion and the incoming studies one scoring run takes on (brain_tumor.scoring.batch)."""
+def plan_scoring(settings: Settings, now: datetime | None = None,
+                 study_ids: list[str] | None = None,
+                 model_version: str | None = None) -> dict[str, Any]:
+    """The model and the incoming studies one scoring run takes on (brain_tumor.scoring.batch).
+
+    The model is the champion unless ``model_version`` names another. Given ``study_ids``, the
+    plan holds only those (all must be under incoming/), without the per-run cap or the
+    re-scoring window; those the model scored or quarantined already are left out as usual.
+    """
+    from dataclasses import replace
+
     from brain_tumor.scoring.batch import plan_batch, scan
+    from brain_tumor.store.ids import check_model_version, check_study_id
+    from brain_tumor.store.modelstore import ModelStore
 
-
-    version = _champion_or_fail(settings)
     store = open_store(settings)
+    if model_version is None:
+        version = _champion_or_fail(settings)
+    else:
+        version = check_model_version(model_version)
+        ModelStore(store, settings).record(version)  # ModelNotFound when it was not published
     inventory = scan(store, settings, version)
+    window, limit = settings.rescore_window_days, settings.scoring_max_studies_per_run
+    if study_ids is not None:
+        wanted = list(dict.fromkeys(check_study_id(sid) for sid in study_ids))
+        unknown = [sid for sid in wanted if sid not in inventory.arrived]
+        if unknown:
+            raise ValueError(f"no such studies under {settings.key('incoming')}: received "
+                             f"{unknown}")
+        inventory = replace(inventory, arrived={sid: inventory.arrived[sid] for sid in wanted},
+                            scored_before=set())
+        limit = len(wanted)
     when = now or datetime.now(UTC)
-    plan = plan_batch(version, inventory, when, settings.rescore_window_days,
-                      settings.scoring_max_studies_per_run)
+    plan = plan_batch(version, inventory, when, window, limit)
     log.info("scoring plan with %s: %d due now, %d deferred to later runs, %d already done, "
              "%d quarantined before, %d outside the %.1f-day re-scoring window", version,
              len(plan.study_ids), plan.deferred, plan.already_done, plan.quarantined_before,
-             plan.outside_window, settings.rescore_window_days)
+             plan.outside_window, window)
     return plan.as_dict()
 
 

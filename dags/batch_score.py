@@ -31,6 +31,19 @@ run `scores/batches/<run_id>.json`.
    writing); fails the run if a study's task failed, after writing it.
 
 The model version is pinned by `plan`: a promotion during a run does not mix two models.
+
+## Manual runs (params)
+- **study_ids**: score only these studies under `incoming/` (unknown ids fail the plan), without
+  the per-run cap or the re-scoring window; studies the model already scored are skipped.
+- **model_version**: score with this model version instead of the champion (no champion needed).
+
+Default params (`null`) are the scheduled run.
+
+## Timeouts
+Every task has an `execution_timeout` (per try): `plan` and `summarize` 15 minutes, `score` 30
+minutes per study; a run still going after `BRAIN_TUMOR_SCORING_DAGRUN_TIMEOUT_MINUTES` (default
+180) is failed. Parsing reads only the settings of `brain_tumor.parse_settings` (schedule, queue,
+parallelism, timeouts); the tasks load the others when they run.
 """
 
 from __future__ import annotations
@@ -42,17 +55,29 @@ from typing import Any
 from airflow.sdk import (
     AssetOrTimeSchedule,
     CronTriggerTimetable,
+    Param,
     dag,
     get_current_context,
     task,
 )
 
+from brain_tumor.parse_settings import load_parse_settings
 from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary, scoring_quarantine
 from brain_tumor_airflow.assets import CHAMPION
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARGS = {"owner": "brain-tumor", "retries": 2, "retry_delay": timedelta(minutes=2)}
+QUICK = timedelta(minutes=15)  # plan and summarize: listings and one small write
+DEFAULT_ARGS = {"owner": "brain-tumor", "retries": 2, "retry_delay": timedelta(minutes=2),
+                "execution_timeout": timedelta(minutes=30)}
+PARAMS = {
+    "study_ids": Param(
+        None, type=["null", "array"], items={"type": "string", "minLength": 1}, minItems=1,
+        uniqueItems=True, description="Manual runs: score only these studies under incoming/."),
+    "model_version": Param(
+        None, type=["null", "string"], minLength=1,
+        description="Manual runs: score with this model version instead of the champion."),
+}
 
 
 def _settings() -> Any:
@@ -61,26 +86,30 @@ def _settings() -> Any:
     return load_settings()
 
 
-def _schedule() -> AssetOrTimeSchedule:
+def _schedule(cron: str) -> AssetOrTimeSchedule:
     """The scoring cron, or a champion change, whichever comes first."""
-    cron = CronTriggerTimetable(_settings().scoring_schedule, timezone="UTC")
-    return AssetOrTimeSchedule(timetable=cron, assets=[CHAMPION])
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                               assets=[CHAMPION])
 
 
-@task
+@task(execution_timeout=QUICK)
 def plan() -> list[dict[str, str]]:
-    """The studies this run scores, as score's arguments; fails (no retry) without a champion.
+    """The studies this run scores, as score's arguments; fails (no retry) on a bad request.
 
-    The whole plan (champion, counts of what waits and why) goes to the XCom key ``batch``.
+    No champion, an unknown model version or unknown study ids fail it without retries. The
+    whole plan (model, counts of what waits and why) goes to the XCom key ``batch``.
     """
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from brain_tumor import steps
     from brain_tumor.store.datasets import utc_now
+    from brain_tumor.store.modelstore import ModelNotFound
 
+    params = get_current_context()["params"]
     try:
-        batch = steps.plan_scoring(_settings())
-    except steps.NoChampion as exc:
+        batch = steps.plan_scoring(_settings(), study_ids=params["study_ids"],
+                                   model_version=params["model_version"])
+    except (steps.NoChampion, ModelNotFound, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
     deferred = batch.pop("deferred_ids")  # XCom keeps the count
     if deferred:
@@ -104,10 +133,10 @@ def score(model_version: str, study_id: str) -> dict[str, Any]:
     return result
 
 
-@task(trigger_rule="all_done", on_success_callback=on_scoring_summary)
+@task(trigger_rule="all_done", on_success_callback=on_scoring_summary, execution_timeout=QUICK)
 def summarize() -> dict[str, Any]:
     """Write the batch summary; fail the run if a planned study's task failed."""
-    from airflow.exceptions import AirflowException, AirflowFailException
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from brain_tumor import steps
 
@@ -129,23 +158,29 @@ def summarize() -> dict[str, Any]:
     return summary
 
 
+# only what the DAG's shape needs; the tasks load the other settings when they run
+PARSED = load_parse_settings(("scoring_schedule", "scoring_queue", "scoring_parallelism",
+                              "scoring_dagrun_timeout_minutes"))
+
+
 @dag(
     dag_id="batch_score",
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=PARSED.scoring_dagrun_timeout_minutes),
     default_args=DEFAULT_ARGS,
+    params=PARAMS,
     on_failure_callback=on_dag_failure,
     tags=["brain-tumor", "scoring"],
     doc_md=__doc__,
-    schedule=_schedule(),
+    schedule=_schedule(PARSED.scoring_schedule),
 )
 def batch_score() -> None:
     """The batch scoring pipeline (see the module docstring)."""
-    settings = _settings()
     studies = plan()
-    scored = score.override(queue=settings.scoring_queue,
-                            max_active_tis_per_dagrun=settings.scoring_parallelism
+    scored = score.override(queue=PARSED.scoring_queue,
+                            max_active_tis_per_dagrun=PARSED.scoring_parallelism
                             ).expand_kwargs(studies)
     summary = summarize()
     studies >> scored >> summary

@@ -4,8 +4,8 @@
 #   scripts/celery-stack.sh            # idempotent: returns at once when both are there
 #
 # As root, when `initdb`/`pg_ctl` (Debian: /usr/lib/postgresql/<N>/bin) or `redis-server` is
-# missing: installs Debian's `postgresql` and `redis-server` with apt, running `apt-get update`
-# only when the package lists lack them. The packages' own services are NOT started (a
+# missing: installs Debian's `postgresql` and `redis-server` with apt (scripts/lib/apt.sh), running
+# `apt-get update` only when the package lists lack them. The packages' own services are NOT started (a
 # policy-rc.d refuses them during the install when none is set): the test starts its own
 # PostgreSQL cluster and Redis server on loopback, in a temp dir, on free ports.
 #
@@ -13,7 +13,8 @@
 # Exit status 0: both are installed. Non-zero, with a message on stderr: they are not.
 set -euo pipefail
 
-LOCK="/var/lock/brain-tumor-celery-stack.lock"
+# shellcheck source-path=SCRIPTDIR source=lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/apt.sh"
 say() { echo "celery-stack: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
@@ -31,45 +32,12 @@ installed() { pg_bin >/dev/null && command -v redis-server >/dev/null 2>&1; }
 report() { pg_bin; command -v redis-server; }
 
 if installed; then report; exit 0; fi
-[ "$(id -u)" = 0 ] || die "PostgreSQL or Redis is missing and this is not root (uid $(id -u)): \
-apt-get install postgresql redis-server, or run this script as root"
-
-mkdir -p "$(dirname "$LOCK")"
-exec 9>"$LOCK"
-flock -w 900 9 || die "could not lock $LOCK (another celery-stack.sh holds it)"
-if installed; then report; exit 0; fi
 
 missing=()
 pg_bin >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-export DEBIAN_FRONTEND=noninteractive
-have_candidates() {
-  local p policy
-  for p in "$@"; do
-    policy="$(apt-cache policy "$p" 2>/dev/null || true)"
-    [[ "$policy" == *"Candidate: "[0-9]* ]] || return 1
-  done
-}
 # no service starts during the install (no init system here, and the ports are the test's)
-policy=/usr/sbin/policy-rc.d
-made_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1
-  trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
-fi
-if ! have_candidates "${missing[@]}"; then
-  say "apt-get update (package lists lack ${missing[*]})"
-  apt-get update -qq || die "apt-get update failed"
-fi
-say "apt-get install ${missing[*]}"
-t=$SECONDS
-if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-  say "install failed; retrying after apt-get update"
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
-fi
-say "installed ${missing[*]} in $((SECONDS - t))s"
+apt_install --no-services "${missing[@]}" || exit 1
 installed || die "still missing after the install: initdb/pg_ctl ($(pg_bin || echo none)) or \
 redis-server ($(command -v redis-server || echo none))"
 report

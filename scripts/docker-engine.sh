@@ -4,9 +4,10 @@
 #   scripts/docker-engine.sh            # idempotent: returns at once when `docker info` works
 #
 # As root, when no engine answers: installs Debian's `docker.io` (and `debootstrap`, which
-# docker/build-cpu-base.sh needs) with apt, running `apt-get update` only when the package lists
-# lack them, then starts `dockerd --bridge=none --iptables=false` in the background and waits until
-# `docker info` works. There is no bridge network: containers use `--network host` or `none`.
+# docker/build-cpu-base.sh needs) with apt (scripts/lib/apt.sh), running `apt-get update` only
+# when the package lists lack them and keeping the package's own service from starting, then
+# starts `dockerd --bridge=none --iptables=false` in the background and waits until `docker info`
+# works. There is no bridge network: containers use `--network host` or `none`.
 #
 # Environment:
 #   DOCKER_ENGINE_LOG_DIR   where dockerd.log goes (default /var/log)
@@ -21,6 +22,8 @@ LOG_DIR="${DOCKER_ENGINE_LOG_DIR:-/var/log}"
 TIMEOUT="${DOCKER_ENGINE_TIMEOUT:-60}"
 LOG="$LOG_DIR/dockerd.log"
 LOCK="/var/lock/brain-tumor-docker-engine.lock"
+# shellcheck source-path=SCRIPTDIR source=lib/apt.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/apt.sh"
 
 say() { echo "docker-engine: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -51,27 +54,8 @@ fi
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-if [ "${#missing[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  have_candidates() {
-    local p policy
-    for p in "$@"; do
-      policy="$(apt-cache policy "$p" 2>/dev/null || true)"
-      [[ "$policy" == *"Candidate: "[0-9]* ]] || return 1
-    done
-  }
-  if ! have_candidates "${missing[@]}"; then
-    say "apt-get update (package lists lack ${missing[*]})"
-    apt-get update -qq || die "apt-get update failed"
-  fi
-  say "apt-get install ${missing[*]}"
-  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-    say "install failed; retrying after apt-get update"
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-      || die "apt-get install ${missing[*]} failed"
-  fi
-fi
+# the package's own docker service stays off: the engine is started below, with our flags
+if [ "${#missing[@]}" -gt 0 ]; then apt_install --no-services "${missing[@]}" || exit 1; fi
 command -v dockerd >/dev/null 2>&1 || die "dockerd not found after installing docker.io"
 
 if engine_up; then

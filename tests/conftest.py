@@ -23,7 +23,8 @@ from brain_tumor.settings import Settings, load_settings, settings_to_env
 from brain_tumor.store.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() == "true"
+#: fixtures that start a server or train a model: never in tests/unit/
+SERVICE_FIXTURES = frozenset({"moto_endpoint", "seaweed", "trained", "evaluated", "airflow_db"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +42,31 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in list(os.environ):
         if name.startswith("BRAIN_TUMOR_"):
             del os.environ[name]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test outside tests/unit/ ``integration``, so ``-m "not integration"`` and
+    ``tests/unit`` pick the same fast layer."""
+    for item in items:
+        if _layer(item) != "unit":
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A unit test that asks for a server or a training run fails and says where it belongs."""
+    if _layer(item) == "unit":
+        used = sorted(SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if used:
+            pytest.fail(f"{item.nodeid} uses {', '.join(used)}: tests/unit/ holds tests without "
+                        f"servers or training; move it to tests/integration/", pytrace=False)
+
+
+def _layer(item: pytest.Item) -> str:
+    """The first folder under tests/ of a test (unit, integration, dags, ...)."""
+    try:
+        return Path(str(item.path)).resolve().relative_to(REPO / "tests").parts[0]
+    except ValueError:
+        return ""
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +154,7 @@ def trained(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def evaluated(trained):
-    """The session model evaluated once on its own dataset's test patients: (settings, record, metrics)."""
+    """The session model evaluated once on its own test patients: (settings, record, metrics)."""
     from brain_tumor import steps
     from brain_tumor.evaluation.run import evaluate_model_version
 
@@ -150,7 +176,8 @@ def airflow_db() -> None:
     if proc.returncode != 0:
         pytest.fail(f"`airflow db migrate` failed ({proc.returncode}):\n"
                     f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    proc = subprocess.run([str(AIRFLOW), "pools", "set", "brain_tumor_gpu", "1", "GPUs for training"],
+    proc = subprocess.run([str(AIRFLOW), "pools", "set", "brain_tumor_gpu", "1",
+                           "GPUs for training"],
                           capture_output=True, text=True, timeout=300, env=os.environ.copy())
     if proc.returncode != 0:
         pytest.fail(f"`airflow pools set` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

@@ -1,12 +1,26 @@
-"""Helpers shared by the test modules (importable as `support`: tests/ is on pytest's pythonpath)."""
+"""Helpers shared by the test modules (importable as `support`: tests/ is on the pythonpath)."""
 
 from __future__ import annotations
 
+import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
 
 if TYPE_CHECKING:
     from brain_tumor.settings import Settings
+
+#: under CI=true every test must run: a missing service fails it instead of skipping it
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A service or tool a test needs is missing: fail under CI=true, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"CI=true and this test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
 
 #: training settings small enough for two CPU cores: one tiny model per session
 TINY_TRAINING = {

@@ -141,7 +141,8 @@ class EmbeddedS3:
                 return
             time.sleep(0.3)
         self.stop()
-        raise EmbeddedS3Error(f"weed mini did not answer within {timeout_s:.0f}s; see {self.log_file}")
+        raise EmbeddedS3Error(f"weed mini did not answer within {timeout_s:.0f}s; "
+                              f"see {self.log_file}")
 
     def _volumes_ready(self) -> bool:
         """Whether the master knows every volume the volume server holds (reads would fail)."""

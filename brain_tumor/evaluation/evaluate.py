@@ -1,10 +1,11 @@
 """Evaluation of a classifier + segmenter on the test patients: the ``metrics`` record.
 
-Pure functions on arrays (no S3, no Keras). Provenance of the decision threshold:
-``threshold_from_validation`` chooses it on VALIDATION patients only; ``evaluate`` takes it
-as an argument and never looks at test labels to choose or adjust it. Masks are compared at
-their native resolution (predicted masks must already be resized back to the slice's size).
-Bootstrap intervals resample PATIENTS, never slices.
+Pure functions on arrays (no S3, no Keras). Provenance of the decision threshold: training
+chooses it on VALIDATION patients only (``metrics.choose_threshold``, stored in model.json);
+``evaluate`` takes it as an argument and never looks at test labels to choose or adjust it.
+Masks are compared at their native resolution (predicted masks must already be resized back to
+the slice's size). Bootstrap intervals resample PATIENTS, never slices; which metrics get one
+is the catalog's ``interval`` flag.
 """
 
 from __future__ import annotations
@@ -17,19 +18,10 @@ import numpy as np
 from scipy.stats import rankdata
 
 from brain_tumor.evaluation import metrics as m
-from brain_tumor.scoring.geometry import to_bool_mask
+from brain_tumor.evaluation.catalog import INTERVAL_METRICS
 from brain_tumor.store.schemas import validate_record
 
 logger = logging.getLogger(__name__)
-
-INTERVAL_METRICS = (
-    "roc_auc",
-    "sensitivity",
-    "specificity",
-    "dice_per_patient_mean",
-    "detection_rate",
-    "false_positive_slices_per_patient",
-)
 
 
 @dataclass
@@ -69,51 +61,6 @@ class Predictions:
     def pred_label(self, threshold: float) -> np.ndarray:
         """Slice predictions: prob >= threshold."""
         return self.prob >= threshold
-
-
-def threshold_from_validation(val: Predictions, rule: str = "youden") -> float:
-    """Decision threshold chosen on VALIDATION labels and probabilities only (choose_threshold)."""
-    t = m.choose_threshold(val.y_true, val.prob, rule=rule)
-    logger.info("threshold %.4f chosen on %d validation slices (%s)", t, len(val), rule)
-    return t
-
-
-def _mask_pairs(p: Predictions) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
-    for i, (t, q) in enumerate(zip(p.true_masks, p.pred_masks, strict=True)):
-        tb, qb = to_bool_mask(t, "true_mask"), to_bool_mask(q, "pred_mask")
-        if tb.ndim == 3 and tb.shape[-1] == 1:
-            tb = tb[..., 0]
-        if qb.ndim == 3 and qb.shape[-1] == 1:
-            qb = qb[..., 0]
-        if tb.shape != qb.shape:
-            raise ValueError(
-                f"slice {i} (patient {p.patient_ids[i]}): predicted mask {qb.shape} differs from "
-                f"the true mask {tb.shape}; resize predictions back to native size first"
-            )
-        pairs.append((tb, qb))
-    return pairs
-
-
-def _patient_dice(ids: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    # Equivalent to metrics.per_patient_dice, but slices may differ in size between patients.
-    out: dict[str, float] = {}
-    for pid in dict.fromkeys(ids):
-        sel = np.flatnonzero(ids == pid)
-        t = np.concatenate([pairs[i][0].ravel() for i in sel])
-        q = np.concatenate([pairs[i][1].ravel() for i in sel])
-        out[str(pid)] = m.dice(t, q)
-    return out
-
-
-def _tumor_slice_dice_iou(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, Any]:
-    keep = [(t, q) for t, q in pairs if t.any()]
-    if not keep:
-        return None, None
-    return (
-        float(np.mean([m.dice(t, q) for t, q in keep])),
-        float(np.mean([m.iou(t, q) for t, q in keep])),
-    )
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -167,10 +114,30 @@ def _intervals(
     for name in INTERVAL_METRICS:
         if name in slice_fns:
             lo, hi = m.bootstrap_ci(ids, slice_fns[name], n_boot=n_boot, seed=seed)
-        else:
+        elif name in patient_fns:
             lo, hi = m.bootstrap_ci(pids, patient_fns[name], n_boot=n_boot, seed=seed)
+        else:
+            known = sorted({**slice_fns, **patient_fns})
+            raise ValueError(f"the catalog gives {name!r} an interval, but no bootstrap "
+                             f"statistic computes it; known: {known}")
         out[name] = None if lo is None or hi is None else [lo, hi]
     return out
+
+
+def _localization(test: Predictions) -> dict[str, Any]:
+    """The localization section: Dice per patient (stacked slices) and on tumor slices."""
+    pairs = m.mask_pairs(test.true_masks, test.pred_masks, test.patient_ids)
+    true, pred = [t for t, _ in pairs], [q for _, q in pairs]
+    dice_by_patient = m.per_patient_dice(test.patient_ids, true, pred)
+    dice_values = list(dice_by_patient.values())
+    ts_dice, ts_iou = m.tumor_slice_dice_iou(true, pred)
+    return {
+        "dice_per_patient_mean": float(np.mean(dice_values)),
+        "dice_per_patient_median": float(np.median(dice_values)),
+        "dice_per_patient": dice_by_patient,
+        "tumor_slice_dice": ts_dice,
+        "tumor_slice_iou": ts_iou,
+    }
 
 
 def evaluate(
@@ -185,33 +152,22 @@ def evaluate(
 ) -> dict[str, Any]:
     """The schema-valid ``metrics`` record of `test` at a threshold chosen elsewhere (validation).
 
-    Test labels are never used to choose or adjust `threshold`; get it from
-    ``threshold_from_validation`` (threshold_source='test' is refused).
+    Test labels are never used to choose or adjust `threshold`; it comes from the model
+    (chosen on validation patients at training time); threshold_source='test' is refused.
     """
     if threshold_source.strip().lower() == "test":
         raise ValueError("the threshold must not be chosen on test labels (source 'test')")
     threshold = float(threshold)
-    pairs = _mask_pairs(test)
     pred = test.pred_label(threshold)
-
     cls = m.classification_metrics(test.y_true, test.prob, threshold)
     calibration = {
         "brier": cls.pop("brier"),
         "ece": cls.pop("ece"),
         "curve": m.calibration_curve_bins(test.y_true, test.prob, bins=10),
     }
-    dice_by_patient = _patient_dice(test.patient_ids, pairs)
-    dice_values = list(dice_by_patient.values())
-    ts_dice, ts_iou = _tumor_slice_dice_iou(pairs)
-    localization = {
-        "dice_per_patient_mean": float(np.mean(dice_values)),
-        "dice_per_patient_median": float(np.median(dice_values)),
-        "dice_per_patient": dice_by_patient,
-        "tumor_slice_dice": ts_dice,
-        "tumor_slice_iou": ts_iou,
-    }
+    localization = _localization(test)
     detection = m.patient_detection(test.patient_ids, test.y_true, pred)
-    intervals = _intervals(test, pred, dice_by_patient, detection, n_boot, seed)
+    intervals = _intervals(test, pred, localization["dice_per_patient"], detection, n_boot, seed)
     record: dict[str, Any] = {
         "model_version": model_version,
         "dataset_version": dataset_version,

@@ -15,15 +15,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from brain_tumor.evaluation.catalog import HEADLINE_KEYS, NO_REGRESSION, metric
 from brain_tumor.settings import Settings
 from brain_tumor.store.schemas import validate_record
 
-#: the headline metrics (``steps.headline``) the gate reads
-HEADLINE_KEYS = ("roc_auc", "sensitivity", "specificity", "dice_per_patient_mean",
-                 "dice_per_patient_median", "detection_rate",
-                 "false_positive_slices_per_patient", "ece")
-#: higher-is-better metrics that must not drop against the champion beyond the tolerance
-NO_REGRESSION = ("roc_auc", "sensitivity", "dice_per_patient_mean")
 #: absorbs float noise such as 0.90 - 0.02 == 0.8800000000000001
 _EPS = 1e-9
 
@@ -68,17 +63,23 @@ def _check_keys(metrics: Any, who: str) -> None:
                          f"received keys {sorted(metrics)}")
 
 
-def _check(name: str, kind: str, metric: str, value: float | None, bound: float | None,
-           op: str, note: str | None = None, **extra: Any) -> dict[str, Any]:
+def _op(name: str) -> str:
+    """The comparison a value of the metric must pass against its bound."""
+    return ">=" if metric(name).higher_is_better else "<="
+
+
+def _check(name: str, kind: str, metric_name: str, value: float | None, bound: float | None,
+           note: str | None = None, **extra: Any) -> dict[str, Any]:
+    op = _op(metric_name)
     if value is None:
-        passed, note = False, note or f"{metric} is undefined on these patients"
+        passed, note = False, note or f"{metric_name} is undefined on these patients"
     elif bound is None:
         passed = False
     elif op == ">=":
         passed = value >= bound - _EPS
     else:
         passed = value <= bound + _EPS
-    return {"name": name, "kind": kind, "metric": metric, "value": value, "bound": bound,
+    return {"name": name, "kind": kind, "metric": metric_name, "value": value, "bound": bound,
             "op": op, "passed": passed, "note": note, **extra}
 
 
@@ -93,28 +94,24 @@ def run_gate(candidate: dict[str, Any], champion: dict[str, Any] | None, config:
     if champion is None and champion_version is not None:
         raise ValueError(f"champion_version {champion_version!r} given without champion metrics: "
                          "the no-regression checks would be skipped")
-    checks = [
-        _check("floor_sensitivity", "floor", "sensitivity", _value(candidate, "sensitivity"),
-               config.min_sensitivity, ">="),
-        _check("floor_roc_auc", "floor", "roc_auc", _value(candidate, "roc_auc"),
-               config.min_roc_auc, ">="),
-        _check("floor_dice", "floor", "dice_per_patient_mean",
-               _value(candidate, "dice_per_patient_mean"), config.min_dice, ">="),
-    ]
+    limits = [("floor_sensitivity", "sensitivity", config.min_sensitivity),
+              ("floor_roc_auc", "roc_auc", config.min_roc_auc),
+              ("floor_dice", "dice_per_patient_mean", config.min_dice)]
     if config.max_fp_per_patient is not None:
-        checks.append(_check("ceiling_fp_per_patient", "ceiling",
-                             "false_positive_slices_per_patient",
-                             _value(candidate, "false_positive_slices_per_patient"),
-                             config.max_fp_per_patient, "<="))
+        limits.append(("ceiling_fp_per_patient", "false_positive_slices_per_patient",
+                       config.max_fp_per_patient))
+    checks = [_check(name, "floor" if _op(m) == ">=" else "ceiling", m, _value(candidate, m),
+                     bound) for name, m, bound in limits]
     if champion is not None:
         _check_keys(champion, "champion")
-        for metric in NO_REGRESSION:
-            ref = _value(champion, metric)
-            bound = None if ref is None else ref - config.tolerance
+        for name in NO_REGRESSION:
+            ref = _value(champion, name)
+            sign = 1.0 if _op(name) == ">=" else -1.0
+            bound = None if ref is None else ref - sign * config.tolerance
             note = None if ref is not None else (
-                f"the champion's {metric} is undefined on these patients: cannot compare")
-            checks.append(_check(f"no_regression_{metric}", "no_regression", metric,
-                                 _value(candidate, metric), bound, ">=", note,
+                f"the champion's {name} is undefined on these patients: cannot compare")
+            checks.append(_check(f"no_regression_{name}", "no_regression", name,
+                                 _value(candidate, name), bound, note,
                                  champion_value=ref, tolerance=config.tolerance))
     result = {"model_version": model_version, "champion_version": champion_version,
               "passed": all(c["passed"] for c in checks), "checks": checks,
@@ -136,16 +133,18 @@ def explain(result: dict[str, Any]) -> str:
     for c in result["checks"]:
         if c["passed"]:
             continue
-        metric, value, bound = c["metric"], c["value"], c["bound"]
+        name, value, bound = c["metric"], c["value"], c["bound"]
         if value is None or bound is None:
-            lines.append(f"{metric} {_fmt(value)}: fails {c['kind']} check ({c.get('note')})")
+            lines.append(f"{name} {_fmt(value)}: fails {c['kind']} check ({c.get('note')})")
         elif c["kind"] == "floor":
-            lines.append(f"{metric} {_fmt(value)} < floor {_fmt(bound)}")
+            lines.append(f"{name} {_fmt(value)} < floor {_fmt(bound)}")
         elif c["kind"] == "ceiling":
-            lines.append(f"{metric} {_fmt(value)} > ceiling {_fmt(bound)}")
+            lines.append(f"{name} {_fmt(value)} > ceiling {_fmt(bound)}")
         else:
-            lines.append(f"{metric} {_fmt(value)} < champion {_fmt(c.get('champion_value'))} "
-                         f"- tolerance {_fmt(c.get('tolerance'))} = {_fmt(bound)}")
+            worse, sign = ("<", "-") if c["op"] == ">=" else (">", "+")
+            lines.append(f"{name} {_fmt(value)} {worse} champion "
+                         f"{_fmt(c.get('champion_value'))} {sign} tolerance "
+                         f"{_fmt(c.get('tolerance'))} = {_fmt(bound)}")
     if not lines:
         return f"passed: all {len(result['checks'])} checks"
     return "\n".join(lines)

@@ -163,39 +163,55 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else int(np.sum(x & y)) / union
 
 
-def _masks(patient_ids: Sequence[Any] | None, true_masks: Any, pred_masks: Any):
-    t, p = to_bool_mask(true_masks, "true_masks"), to_bool_mask(pred_masks, "pred_masks")
-    if t.shape != p.shape:
-        raise ValueError(f"true_masks and pred_masks differ in shape: {t.shape} vs {p.shape}")
-    if t.ndim < 3:
-        raise ValueError(f"masks must be stacked slices (N, H, W[, 1]), got shape {t.shape}")
-    if patient_ids is not None and len(patient_ids) != t.shape[0]:
-        raise ValueError(f"{len(patient_ids)} patient ids for {t.shape[0]} slices")
-    return t, p
+def mask_pairs(true_masks: Sequence[Any], pred_masks: Sequence[Any],
+               patient_ids: Sequence[Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(true, predicted) boolean 2-D masks per slice; slices may differ in size, a pair may not."""
+    if len(true_masks) != len(pred_masks):
+        raise ValueError(f"{len(true_masks)} true masks but {len(pred_masks)} predicted masks")
+    if patient_ids is not None and len(patient_ids) != len(true_masks):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(true_masks)} slices")
+    pairs = []
+    for i, (t, q) in enumerate(zip(true_masks, pred_masks, strict=True)):
+        tb, qb = to_bool_mask(t, "true_mask"), to_bool_mask(q, "pred_mask")
+        if tb.ndim == 3 and tb.shape[-1] == 1:
+            tb = tb[..., 0]
+        if qb.ndim == 3 and qb.shape[-1] == 1:
+            qb = qb[..., 0]
+        where = f"slice {i}" if patient_ids is None else f"slice {i} (patient {patient_ids[i]})"
+        if tb.ndim != 2:
+            raise ValueError(f"{where}: masks must be 2-D (H, W[, 1]), received shape {tb.shape}")
+        if tb.shape != qb.shape:
+            raise ValueError(f"{where}: predicted mask {qb.shape} differs from the true mask "
+                             f"{tb.shape}; resize predictions back to native size first")
+        pairs.append((tb, qb))
+    return pairs
 
 
 def per_patient_dice(
-    patient_ids: Sequence[Any], true_masks: Any, pred_masks: Any
+    patient_ids: Sequence[Any], true_masks: Sequence[Any], pred_masks: Sequence[Any]
 ) -> dict[str, float]:
     """Dice per patient over all of its slices stacked as one volume (Buda et al. 2019)."""
-    t, p = _masks(patient_ids, true_masks, pred_masks)
+    pairs = mask_pairs(true_masks, pred_masks, patient_ids)
     ids = np.asarray([str(x) for x in patient_ids])
     out: dict[str, float] = {}
     for pid in dict.fromkeys(ids):  # first-seen order
-        sel = ids == pid
-        out[str(pid)] = dice(t[sel], p[sel])
+        sel = np.flatnonzero(ids == pid)
+        t = np.concatenate([pairs[i][0].ravel() for i in sel])
+        q = np.concatenate([pairs[i][1].ravel() for i in sel])
+        out[str(pid)] = dice(t, q)
     return out
 
 
-def tumor_slice_dice_iou(true_masks: Any, pred_masks: Any) -> tuple[float | None, float | None]:
+def tumor_slice_dice_iou(
+    true_masks: Sequence[Any], pred_masks: Sequence[Any]
+) -> tuple[float | None, float | None]:
     """Mean per-slice Dice and IoU over slices whose TRUE mask is non-empty; None if none are."""
-    t, p = _masks(None, true_masks, pred_masks)
-    keep = [i for i in range(t.shape[0]) if t[i].any()]
+    keep = [(t, q) for t, q in mask_pairs(true_masks, pred_masks) if t.any()]
     if not keep:
         return None, None
     return (
-        float(np.mean([dice(t[i], p[i]) for i in keep])),
-        float(np.mean([iou(t[i], p[i]) for i in keep])),
+        float(np.mean([dice(t, q) for t, q in keep])),
+        float(np.mean([iou(t, q) for t, q in keep])),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from brain_tumor.evaluation.catalog import METRICS
 from brain_tumor.evaluation.evaluate import Predictions
 
 logger = logging.getLogger(__name__)
@@ -186,28 +187,8 @@ def write_plots(metrics: dict, test: Predictions, out_dir: Path, images: np.ndar
     return paths
 
 
-_ROWS = (  # (label, section, key, interval name)
-    ("ROC-AUC (slice)", "slice", "roc_auc", "roc_auc"),
-    ("PR-AUC (slice)", "slice", "pr_auc", None),
-    ("Sensitivity (slice)", "slice", "sensitivity", "sensitivity"),
-    ("Specificity (slice)", "slice", "specificity", "specificity"),
-    ("Precision (slice)", "slice", "precision", None),
-    ("F1 (slice)", "slice", "f1", None),
-    ("Accuracy (slice)", "slice", "accuracy", None),
-    ("Brier score", "calibration", "brier", None),
-    ("ECE (10 bins)", "calibration", "ece", None),
-    ("Dice per patient, mean", "localization", "dice_per_patient_mean", "dice_per_patient_mean"),
-    ("Dice per patient, median", "localization", "dice_per_patient_median", None),
-    ("Dice, tumor slices", "localization", "tumor_slice_dice", None),
-    ("IoU, tumor slices", "localization", "tumor_slice_iou", None),
-    ("Patient detection rate", "patient", "detection_rate", "detection_rate"),
-    ("False-positive slices per patient", "patient", "false_positive_slices_per_patient",
-     "false_positive_slices_per_patient"),
-)
-
-
 def model_card(metrics: dict, *, model_version: str, dataset_version: str, config: dict,
-               split_counts: dict | None = None, training: dict | None = None) -> str:
+               split_counts: dict | None = None) -> str:
     """The model card as Markdown: details, intended use, data, method, metrics, limits, plots."""
     weights = config.get("weights") or "none (trained from scratch)"
     boot = metrics.get("bootstrap", {})
@@ -243,13 +224,9 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         "", "## Metrics (test patients)", "",
         "| metric | value | 95% CI |", "| --- | --- | --- |",
     ]
-    for label, section, key, ci in _ROWS:
-        value = metrics.get(section, {}).get(key)
-        lines.append(f"| {label} | {_fmt(value)} | {_interval(metrics, ci) if ci else ''} |")
-    if training:
-        lines += ["", "## Training", ""]
-        lines += [f"- {k}: {_fmt(v) if isinstance(v, (int, float)) else v}"
-                  for k, v in training.items()]
+    for m in METRICS:
+        ci = _interval(metrics, m.name) if m.interval else ""
+        lines.append(f"| {m.label} | {m.text(m.value(metrics))} | {ci} |")
     lines += [
         "", "## Limits", "",
         "- Small dataset (about 110 patients in LGG); intervals are wide and rare failure modes "

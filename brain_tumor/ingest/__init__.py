@@ -1,1 +1,1 @@
-"""Ingest: TCIA exports in, checked and relabeled slices, a dataset version and its patient split."""
+"""Ingest: TCIA exports in; a checked, relabeled dataset version and its patient split out."""

@@ -83,7 +83,8 @@ def upload_export(store: ObjectStore, settings: Settings, path: Path,
         raise ExportError(f"no such file or folder: {path}")
     parsed = split_archive_name(path.name) if path.is_file() else None
     if path.is_file() and parsed is None:
-        raise ExportError(f"{path} is neither a folder nor an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+        raise ExportError(f"{path} is neither a folder nor an archive "
+                          f"({', '.join(ARCHIVE_SUFFIXES)})")
     export_id = check_export_id(export_id or (parsed[0] if parsed else path.name))
     if export_id in list_exports(store, settings):
         raise ExportError(f"export {export_id!r} exists already; exports are never replaced, "
@@ -163,7 +164,8 @@ def export_fingerprint(store: ObjectStore, settings: Settings, export_id: str) -
     return _fingerprint([(PurePosixPath(key).name, info.size, info.etag)])
 
 
-def open_export(store: ObjectStore, settings: Settings, export_id: str, workdir: Path) -> ExportFiles:
+def open_export(store: ObjectStore, settings: Settings, export_id: str,
+                workdir: Path) -> ExportFiles:
     """List an export's files (extracting an archive into workdir); ExportError if missing/empty."""
     check_export_id(export_id)
     prefix = settings.key("exports", export_id) + "/"

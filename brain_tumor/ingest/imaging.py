@@ -61,12 +61,6 @@ def decode_mask(data: bytes) -> np.ndarray:
     return arr
 
 
-def read_image(path: str) -> np.ndarray:
-    """Read a slice file from disk (same decoding as from bytes)."""
-    with open(path, "rb") as fh:
-        return decode_image(fh.read())
-
-
 def encode_tiff(image: np.ndarray) -> bytes:
     """A slice (file channel order) or mask -> lossless TIFF bytes that decode back identically."""
     arr = image

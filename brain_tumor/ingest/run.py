@@ -1,8 +1,8 @@
 """Ingest a TCIA export into a new dataset version: check, relabel from masks, merge, commit.
 
 Pure steps (pairing files, checking one slice, per-patient sizes, merging with the parent
-manifest) sit beside one I/O function, ``ingest_export``, that reads the export and writes the
-version. A failed run writes no version and leaves HEAD and the ledger untouched.
+manifest) sit beside ``ingest_export``, which reads the export (through ``_check_pairs``) and
+writes the version. A failed run writes no version and leaves HEAD and the ledger untouched.
 """
 
 from __future__ import annotations
@@ -105,13 +105,14 @@ def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]
     pairs = []
     for slot, (path, name) in sorted(images.items()):
         if slot not in masks:
-            rejects.append(reject(export_id, path, "missing_mask", "image has no _mask.tif beside it",
-                                  *slot))
+            rejects.append(reject(export_id, path, "missing_mask",
+                                  "image has no _mask.tif beside it", *slot))
             continue
         pairs.append(Pair(name.patient_id, name.institution, name.acquisition_date,
                           name.slice_index, path, masks.pop(slot)[0]))
     for slot, (path, _) in sorted(masks.items()):
-        rejects.append(reject(export_id, path, "missing_image", "mask has no image beside it", *slot))
+        rejects.append(reject(export_id, path, "missing_image", "mask has no image beside it",
+                              *slot))
     return pairs, rejects
 
 
@@ -151,7 +152,8 @@ def enforce_sizes(rows: list[dict], expected: int | None) -> tuple[list[dict], l
     return keep, rejects
 
 
-def merge_manifest(base: pd.DataFrame | None, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def merge_manifest(base: pd.DataFrame | None,
+                   new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge new slices into the parent manifest: a changed slice supersedes the old one."""
     changes = _empty("changes")
     if base is None or base.empty:
@@ -164,8 +166,10 @@ def merge_manifest(base: pd.DataFrame | None, new: pd.DataFrame) -> tuple[pd.Dat
     if differ:
         changes = pd.DataFrame([{
             "patient_id": i[0], "slice_index": int(i[1]),
-            "old_image_sha256": old.at[i, "image_sha256"], "new_image_sha256": fresh.at[i, "image_sha256"],
-            "old_mask_sha256": old.at[i, "mask_sha256"], "new_mask_sha256": fresh.at[i, "mask_sha256"],
+            "old_image_sha256": old.at[i, "image_sha256"],
+            "new_image_sha256": fresh.at[i, "image_sha256"],
+            "old_mask_sha256": old.at[i, "mask_sha256"],
+            "new_mask_sha256": fresh.at[i, "mask_sha256"],
             "old_label": int(old.at[i, "label"]), "new_label": int(fresh.at[i, "label"]),
             "old_export_id": old.at[i, "export_id"], "new_export_id": fresh.at[i, "export_id"],
         } for i in differ])
@@ -223,6 +227,67 @@ class _Worker:
         return row, []
 
 
+def _already_ingested(datasets: DatasetStore, entry: dict, export_id: str) -> IngestResult:
+    """The result of the earlier ingest of an unchanged export (nothing is written)."""
+    log.info("export %s was ingested already into %s", export_id, entry["dataset_version"])
+    quarantine = datasets.quarantine(entry["dataset_version"])
+    return IngestResult(export_id, entry["dataset_version"], None, True, entry["counts"],
+                        quarantine[quarantine["export_id"] == export_id])
+
+
+def _check_pairs(store: ObjectStore, settings: Settings, files: ExportFiles, pairs: list[Pair],
+                 base: pd.DataFrame | None, progress: bool) -> tuple[list[dict], list[dict]]:
+    """Read, check and store every pair in threads: (manifest rows, quarantine rows)."""
+    known = set() if base is None else set(base["image_sha256"]) | set(base["mask_sha256"])
+    worker = _Worker(store, settings, files, known)
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    with ThreadPoolExecutor(settings.io_workers) as pool:
+        for row, bad in tqdm(pool.map(worker, pairs), total=len(pairs), disable=not progress,
+                             desc=f"ingest {files.export_id}", unit="slice"):
+            rejects.extend(bad)
+            if row:
+                rows.append(row)
+    return rows, rejects
+
+
+def _check_quarantine_share(export_id: str, rejects: list[dict], items: int,
+                            max_fraction: float) -> None:
+    """Log the quarantined items; IngestError if more than max_fraction of them were rejected."""
+    share = len(rejects) / items if items else 1.0
+    for r in rejects:
+        log.info("quarantined %s/%s: %s (%s)", export_id, r["path"], r["reason"], r["detail"])
+    if rejects:
+        log.warning("export %s: %d item(s) quarantined: %s", export_id, len(rejects),
+                    dict(Counter(r["reason"] for r in rejects)))
+    if share > max_fraction:
+        reasons = Counter(r["reason"] for r in rejects).most_common()
+        raise IngestError(f"export {export_id}: {len(rejects)} of {items} items rejected "
+                          f"({share:.0%} > max_quarantine_fraction "
+                          f"{max_fraction:.0%}); reasons {reasons}; nothing written")
+
+
+def _merged_quarantine(datasets: DatasetStore, parent: str | None, export_id: str,
+                       new_quarantine: pd.DataFrame) -> pd.DataFrame:
+    """The parent's quarantine without this export's earlier rows, plus this export's rows."""
+    if not parent:
+        return new_quarantine
+    old_q = datasets.quarantine(parent)
+    old_q = old_q[old_q["export_id"] != export_id]
+    return pd.concat([old_q, new_quarantine], ignore_index=True) if len(old_q) else new_quarantine
+
+
+def _version_record(version: str, parent: str | None, exports: list[str],
+                    manifest: pd.DataFrame, quarantine: pd.DataFrame,
+                    changes: pd.DataFrame) -> dict:
+    """The dataset_version record of a new version."""
+    return {"version": version, "parent": parent, "exports": exports,
+            "created_at": utc_now(), "code_version": code_version(),
+            "counts": {"patients": int(manifest["patient_id"].nunique()),
+                       "slices": len(manifest), "tumor_slices": int(manifest["label"].sum()),
+                       "quarantined": len(quarantine), "changed": len(changes)}}
+
+
 def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
                   progress: bool = False) -> IngestResult:
     """Ingest one export into a new dataset version (idempotent: a re-run changes nothing)."""
@@ -231,64 +296,33 @@ def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
     head = datasets.head()
     fingerprint = export_fingerprint(store, settings, export_id)
     if export_id in ledger and ledger[export_id]["fingerprint"] == fingerprint:
-        entry = ledger[export_id]
-        log.info("export %s was ingested already into %s", export_id, entry["dataset_version"])
-        quarantine = datasets.quarantine(entry["dataset_version"])
-        return IngestResult(export_id, entry["dataset_version"], None, True, entry["counts"],
-                            quarantine[quarantine["export_id"] == export_id])
+        return _already_ingested(datasets, ledger[export_id], export_id)
     with tempfile.TemporaryDirectory(prefix="brain-tumor-ingest-") as tmp:
         files = open_export(store, settings, export_id, Path(tmp))
         if export_id in ledger:
             raise IngestError(f"export {export_id} changed since it was ingested into "
-                              f"{ledger[export_id]['dataset_version']}; upload changes as a new export")
+                              f"{ledger[export_id]['dataset_version']}; upload changes as a "
+                              "new export")
         pairs, rejects = pair_files(export_id, list(files.loaders))
         if not pairs and not rejects:
             raise ExportError(f"export {export_id} at {files.source} holds no slice files")
         base = datasets.manifest(head.version) if head.version else None
-        known = set() if base is None else set(base["image_sha256"]) | set(base["mask_sha256"])
-        worker = _Worker(store, settings, files, known)
-        rows: list[dict] = []
-        with ThreadPoolExecutor(settings.io_workers) as pool:
-            for row, bad in tqdm(pool.map(worker, pairs), total=len(pairs), disable=not progress,
-                                 desc=f"ingest {export_id}", unit="slice"):
-                rejects.extend(bad)
-                if row:
-                    rows.append(row)
+        rows, bad = _check_pairs(store, settings, files, pairs, base, progress)
+        rejects.extend(bad)
     rows, size_rejects = enforce_sizes(rows, settings.expected_slice_size)
     rejects.extend(size_rejects)
-    items = len(rows) + len(rejects)
-    share = len(rejects) / items if items else 1.0
     counts = {"files": len(files.loaders), "slices": len(pairs), "accepted": len(rows),
               "quarantined": len(rejects)}
-    for r in rejects:
-        log.info("quarantined %s/%s: %s (%s)", export_id, r["path"], r["reason"], r["detail"])
-    if rejects:
-        log.warning("export %s: %d item(s) quarantined: %s", export_id, len(rejects),
-                    dict(Counter(r["reason"] for r in rejects)))
-    if share > settings.max_quarantine_fraction:
-        reasons = Counter(r["reason"] for r in rejects).most_common()
-        raise IngestError(f"export {export_id}: {len(rejects)} of {items} items rejected "
-                          f"({share:.0%} > max_quarantine_fraction "
-                          f"{settings.max_quarantine_fraction:.0%}); reasons {reasons}; nothing written")
+    _check_quarantine_share(export_id, rejects, len(rows) + len(rejects),
+                            settings.max_quarantine_fraction)
     new_quarantine = _as_table("quarantine", rejects)
-    if head.version:
-        old_q = datasets.quarantine(head.version)
-        old_q = old_q[old_q["export_id"] != export_id]
-        quarantine = pd.concat([old_q, new_quarantine], ignore_index=True) if len(old_q) \
-            else new_quarantine
-    else:
-        quarantine = new_quarantine
+    quarantine = _merged_quarantine(datasets, head.version, export_id, new_quarantine)
     manifest, changes = merge_manifest(base, _as_table("manifest", rows))
     version = version_id(manifest, quarantine)
-    added = len(manifest) - (0 if base is None else len(base))
-    counts.update(added=added, changed=len(changes))
-    parent_record = datasets.record(head.version) if head.version else {"exports": []}
-    record = {"version": version, "parent": head.version,
-              "exports": sorted(set(parent_record["exports"]) | {export_id}),
-              "created_at": utc_now(), "code_version": code_version(),
-              "counts": {"patients": int(manifest["patient_id"].nunique()),
-                         "slices": len(manifest), "tumor_slices": int(manifest["label"].sum()),
-                         "quarantined": len(quarantine), "changed": len(changes)}}
+    counts.update(added=len(manifest) - (0 if base is None else len(base)), changed=len(changes))
+    parent_exports = datasets.record(head.version)["exports"] if head.version else []
+    record = _version_record(version, head.version, sorted(set(parent_exports) | {export_id}),
+                             manifest, quarantine, changes)
     if datasets.commit(version, manifest, quarantine, changes, record):
         log.info("committed dataset version %s (%s)", version, record["counts"])
     if head.version != version:

@@ -2,9 +2,9 @@
 and a ``keras.utils.PyDataset``.
 
 NumPy, OpenCV and Keras only (no TensorFlow calls), so it runs under every Keras backend.
-Slices are decoded once through ``brain_tumor.ingest.imaging`` and cached per (dataset version, size)
-under ``<home>/cache``; dataset versions are immutable, and the cache also stores a hash of the
-manifest's content columns and the split, checked on load.
+Slices are decoded once through ``brain_tumor.ingest.imaging`` and cached per (dataset version,
+size) under ``<home>/cache``; dataset versions are immutable, and the cache also stores a hash of
+the manifest's content columns and the split, checked on load.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def to_model_input(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarr
     return batch.astype(np.float32)
 
 
-def predict_batch(model: LoadedModel, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def predict_batch(model: LoadedModel, x: np.ndarray,
+                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Model-size float batch -> (tumor probabilities N, mask probability maps N x S x S)."""
     prob = np.asarray(model.classifier.predict(x, batch_size=batch_size, verbose=0)).reshape(-1)
     maps = np.asarray(model.segmenter.predict(x, batch_size=batch_size, verbose=0))[..., 0]

@@ -86,7 +86,8 @@ def make_callbacks(workdir: Path, name: str, settings: Settings, base_lr: float,
     ]
 
 
-def _best_epoch(history: dict[str, list[float]], monitor: str = "val_loss", mode: str = "min") -> int:
+def _best_epoch(history: dict[str, list[float]], monitor: str = "val_loss",
+                mode: str = "min") -> int:
     values = history.get(monitor) or history.get("loss") or [0.0]
     sign = 1.0 if mode == "min" else -1.0
     finite = [sign * v if np.isfinite(v) else np.inf for v in values]
@@ -108,7 +109,8 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
 
     train, val = data
     weights = class_weights(train.labels)
-    log.info("classifier: %d train / %d val slices, class weights %s", len(train), len(val), weights)
+    log.info("classifier: %d train / %d val slices, class weights %s", len(train), len(val),
+             weights)
     seq = SliceSequence(train.images, train.labels, settings.batch_size, augment=settings.augment,
                         sample_weights=weights, labels=train.labels, shuffle=True,
                         seed=settings.train_seed)
@@ -186,7 +188,8 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         log.info("model version %s exists already: not training again", version)
         return models.record(version)
     keras.utils.set_random_seed(settings.train_seed)
-    arrays = load_arrays(store, settings, dataset_version, settings.image_size, progress=verbose > 0)
+    arrays = load_arrays(store, settings, dataset_version, settings.image_size,
+                         progress=verbose > 0)
     train = _cap(arrays.subset("train"), settings.max_train_slices, settings.train_seed)
     val = arrays.subset("val")
     with tempfile.TemporaryDirectory(prefix=f"brain-tumor-{version}-") as tmp:

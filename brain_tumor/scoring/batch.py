@@ -7,8 +7,8 @@ refreshes recent results without re-scoring the whole archive. Due studies are t
 first, at most ``scoring_max_studies_per_run`` per run; the rest wait for the next run.
 
 ``plan_batch`` is pure; ``scan`` gathers its inputs with a handful of listings (one of
-``incoming/``, one of each earlier champion's ``_done/`` folder, one of the quarantine folder), so a run
-over a large archive costs listing pages, not one request per study.
+``incoming/``, one of each earlier champion's ``_done/`` folder, one of the quarantine folder),
+so a run over a large archive costs listing pages, not one request per study.
 """
 
 from __future__ import annotations

@@ -17,19 +17,30 @@ from pathlib import Path
 import numpy as np
 
 from brain_tumor.ingest.imaging import SliceError, decode_image
+from brain_tumor.ingest.naming import MAX_SLICE_NUMBER, slice_number
 from brain_tumor.scoring.contracts import Study, StudyRejected
-from brain_tumor.store.ids import check_study_id
+from brain_tumor.store.ids import MAX_NAME_BYTES, check_study_id
 from brain_tumor.store.incoming import IncomingStore
 
 log = logging.getLogger(__name__)
 
-_SLICE_RE = re.compile(r"^.+_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
-_MASK_RE = re.compile(r"_mask\.tiff?$", re.IGNORECASE)
+#: a slice file name, matched whole (fullmatch): ``<anything>_<N>.tif``, N in ASCII digits
+_SLICE_RE = re.compile(r".+_(?P<n>[0-9]+)\.tiff?", re.IGNORECASE)
+_MASK_RE = re.compile(r".*_mask\.tiff?", re.IGNORECASE)
 
 
 def is_slice_name(name: str) -> bool:
     """Whether a file name is a slice TIFF (``<anything>_<N>.tif``) and not a mask."""
-    return bool(_SLICE_RE.match(name)) and not _MASK_RE.search(name)
+    return _SLICE_RE.fullmatch(name) is not None and _MASK_RE.fullmatch(name) is None
+
+
+def check_file_name(name: str) -> str:
+    """name if it fits in a study folder's keys (at most MAX_NAME_BYTES), else ValueError."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"file name must be at most {MAX_NAME_BYTES} bytes, received {size} "
+                         f"bytes ({name!r:.80})")
+    return name
 
 
 def check_slices(keys: list[str], decoded: list[np.ndarray | SliceError],
@@ -65,15 +76,26 @@ class TiffFolderReader:
         self.expected_size = expected_size
 
     def slice_keys(self, study_id: str) -> list[tuple[int, str]]:
-        """(slice number, key) of the study's slice TIFFs, sorted; other objects ignored."""
+        """(slice number, key) of the study's slice TIFFs, sorted; other objects ignored.
+
+        A slice number over ``MAX_SLICE_NUMBER`` rejects the study (``bad_name``).
+        """
         found: list[tuple[int, str]] = []
+        too_big: list[str] = []
         for rel, obj in self.incoming.objects(study_id):
             name = rel.rsplit("/", 1)[-1]
-            match = _SLICE_RE.match(name)
-            if match is None or _MASK_RE.search(name) or rel.count("/") > 1:
-                log.debug("study %s: ignoring %s", study_id, obj.key)
+            if not is_slice_name(name) or rel.count("/") > 1:
+                log.debug("study %s: ignoring %r", study_id, obj.key)
                 continue
-            found.append((int(match["n"]), obj.key))
+            number = slice_number(_SLICE_RE.fullmatch(name)["n"])  # type: ignore[index]
+            if number is None:
+                too_big.append(obj.key)
+            else:
+                found.append((number, obj.key))
+        if too_big:
+            raise StudyRejected("bad_name", f"{len(too_big)} slice file(s) have a slice number "
+                                            f"over {MAX_SLICE_NUMBER}, e.g. {too_big[0]!r:.200}",
+                                too_big)
         return sorted(found)
 
     def _decode_all(self, keys: list[str]) -> list[np.ndarray | SliceError]:
@@ -118,6 +140,8 @@ def upload_study(incoming: IncomingStore, folder: Path, study_id: str | None = N
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_slice_name(p.name))
     if not files:
         raise ValueError(f"no slice TIFFs (<name>_<N>.tif) in {folder}")
+    for path in files:
+        check_file_name(path.name)
 
     def put(path: Path) -> None:
         incoming.put(sid, path.name, path.read_bytes(), content_type="image/tiff")

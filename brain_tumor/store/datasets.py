@@ -116,7 +116,8 @@ class DatasetStore:
 
     def manifest(self, version: str) -> pd.DataFrame:
         """The version's manifest."""
-        return validate_table("manifest", self.store.get_parquet(self.key(version, "manifest.parquet")))
+        return validate_table("manifest",
+                              self.store.get_parquet(self.key(version, "manifest.parquet")))
 
     def quarantine(self, version: str) -> pd.DataFrame:
         """The version's quarantine table."""
@@ -125,7 +126,8 @@ class DatasetStore:
 
     def changes(self, version: str) -> pd.DataFrame:
         """Slices this version superseded in its parent."""
-        return validate_table("changes", self.store.get_parquet(self.key(version, "changes.parquet")))
+        return validate_table("changes",
+                              self.store.get_parquet(self.key(version, "changes.parquet")))
 
     def split(self, version: str) -> pd.DataFrame:
         """The version's split (DatasetNotFound if not split yet)."""

@@ -1,17 +1,41 @@
 """Ids that become parts of storage keys: one rule for export ids, study ids and model versions.
 
-An id is 1 to 128 letters, digits, '.', '_' or '-', starts with a letter or digit and holds no
-'..', so no id can name a key outside its prefix. A study id may also not take a name that the
-score store uses for its own folders under ``scores/<model_version>/``.
+An id is 1 to ``MAX_ID_LENGTH`` (128) letters, digits, '.', '_' or '-' (ASCII, so as many
+bytes), starts with a letter or digit and holds no '..', so no id can name a key outside its
+prefix. The whole string must match: a trailing newline or any other character makes it invalid.
+A study id may also not take a name that the score store uses for its own folders under
+``scores/<model_version>/``.
+
+Key length: S3 keys are at most ``MAX_KEY_BYTES`` (1024) bytes. The settings refuse an
+``s3_root`` plus prefix longer than ``MAX_PREFIX_BYTES`` (512). After its prefix a key holds at
+most two ids and a name the pipeline chooses; the longest are
+
+* ``<model_version>/<study_id>/overlays/<N>.png`` under ``scores/``, N at most 99999
+  (``brain_tumor.ingest.naming.MAX_SLICE_NUMBER``): 128 + 1 + 128 + 1 + 18 = 276 bytes;
+* ``<study_id>/<file name>`` under ``incoming/``, a slice file name at most ``MAX_NAME_BYTES``
+  (255, a file system's limit, checked by ``submit``): 128 + 1 + 255 = 384 bytes,
+
+so every key built from ids is at most 512 + 384 = 896 bytes: a valid id never makes a key too
+long, and no write fails half-way through a study for it. Export files keep the relative paths
+they have inside their export and are not covered by this bound.
 """
 
 from __future__ import annotations
 
 import re
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_ID_LENGTH = 128
+#: S3's limit on a key (UTF-8 bytes)
+MAX_KEY_BYTES = 1024
+#: limit on ``s3_root`` + any prefix, leaving room for ids and names
+MAX_PREFIX_BYTES = 512
+#: limit on a file name inside a study folder (UTF-8 bytes)
+MAX_NAME_BYTES = 255
+_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}")
 #: folder names under ``scores/<model_version>/`` that belong to the score store, not to a study
 RESERVED_STUDY_IDS = ("quarantine", "_done", "batches")
+_RULE = (f"1-{MAX_ID_LENGTH} letters, digits, '.', '_' or '-', starting with a letter or digit, "
+         f"no '..'")
 
 
 class InvalidId(ValueError):
@@ -20,7 +44,7 @@ class InvalidId(ValueError):
 
 def is_key_id(value: object) -> bool:
     """Whether value can be an id inside a key (export id, model version, study id)."""
-    return isinstance(value, str) and bool(_ID_RE.match(value)) and ".." not in value
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None and ".." not in value
 
 
 def is_study_id(value: object) -> bool:
@@ -28,11 +52,17 @@ def is_study_id(value: object) -> bool:
     return is_key_id(value) and value not in RESERVED_STUDY_IDS
 
 
+def _received(value: object) -> str:
+    """How an invalid id is quoted in a message: its start, and its length when long."""
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        return f"{value!r:.60}... ({len(value)} characters)"
+    return f"{value!r:.80}"
+
+
 def check_study_id(value: str) -> str:
     """value if it is a valid study id, else InvalidId saying what was received."""
     if not is_study_id(value):
-        raise InvalidId(f"invalid study id {value!r:.80}: use 1-128 letters, digits, '.', '_', "
-                        f"'-', starting with a letter or digit (not "
+        raise InvalidId(f"invalid study id {_received(value)}: use {_RULE} (not "
                         f"{', '.join(map(repr, RESERVED_STUDY_IDS))})")
     return value
 
@@ -40,13 +70,12 @@ def check_study_id(value: str) -> str:
 def check_export_id(value: str) -> str:
     """value if it is a valid export id, else InvalidId saying what was received."""
     if not is_key_id(value):
-        raise InvalidId(f"export id must be 1-128 letters, digits, '.', '_' or '-', starting "
-                        f"with a letter or digit, received {value!r:.80}")
+        raise InvalidId(f"invalid export id {_received(value)}: use {_RULE}")
     return value
 
 
 def check_model_version(value: str) -> str:
     """value if it can be a model version id, else InvalidId saying what was received."""
     if not is_key_id(value):
-        raise InvalidId(f"not a model version id: {value!r:.80}")
+        raise InvalidId(f"invalid model version id {_received(value)}: use {_RULE}")
     return value

@@ -6,7 +6,9 @@ seq. A writer reads the log up to N, decides against the champion it implies, an
 another writer took N+1 first, it gets ``PromotionConflict`` (no silent retry).
 The champion is a stack: ``promoted`` X pushes X, ``rolled_back`` pops, ``rejected`` leaves it.
 ``registry/champion.json`` caches its top for readers and moves only by compare-and-swap after
-the event write; ``champion()`` derives the champion from the log and repairs a stale pointer.
+the event write. Readers never write: ``champion()`` derives the champion from the log and warns
+when the pointer disagrees (a crash between the event write and the pointer move). ``repair()``
+moves such a pointer; every write (promote, reject, rollback) repairs it after its event.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from brain_tumor.settings import Settings
 from brain_tumor.store.datasets import utc_now
@@ -39,6 +41,16 @@ class PromotionConflict(RegistryError):
 
 #: sentinel default of ``expected_champion``: decide against whatever the champion is now
 CURRENT: Any = object()
+
+
+class _PointerCheck(NamedTuple):
+    """The champion the event log implies, the event that set it, the pointer and its ETag."""
+
+    champion: str | None
+    event: str | None
+    pointer: dict[str, Any] | None
+    etag: str | None
+    verdict: str  # agrees | stale | listing_behind (pointer newer than the listing) | no_champion
 
 
 class Registry:
@@ -115,7 +127,21 @@ class Registry:
         return self._state()[1]
 
     def champion(self) -> str | None:
-        """The champion derived from the event log; repairs the pointer if it disagrees."""
+        """The champion the event log implies; warns, never writes, if the pointer disagrees."""
+        check = self._check_pointer()
+        if check.verdict == "listing_behind":
+            log.info("champion pointer names %s, newer than the listing shows; trusting the "
+                     "listing (champion %s)", check.pointer and check.pointer["event"],
+                     check.champion)
+        elif check.verdict == "stale":
+            log.warning("champion pointer says %s, the event log says %s (event %s); the next "
+                        "registry write or `brain-tumor registry repair` moves it",
+                        check.pointer and check.pointer["model_version"], check.champion,
+                        check.event)
+        return check.champion
+
+    def repair(self) -> str | None:
+        """Move a pointer that disagrees with the event log (compare-and-swap); the champion."""
         return self._sync_pointer(warn=True)
 
     def show(self, model_version: str) -> dict[str, Any]:
@@ -145,7 +171,7 @@ class Registry:
             events, _, current = self._state()
             try:
                 return self._commit(events, "rejected", model_version, current, reason,
-                                    metrics, dataset_version, run_id, sync=False)
+                                    metrics, dataset_version, run_id)
             except PromotionConflict as exc:
                 log.info("retrying the rejection of %s: %s", model_version, exc)
         raise RegistryError(f"could not record the rejection of {model_version!r} after "
@@ -173,8 +199,8 @@ class Registry:
 
     def _commit(self, events: list[dict[str, Any]], action: str, model_version: str,
                 previous: str | None, reason: str, metrics: dict[str, Any] | None,
-                dataset_version: str | None, run_id: str | None, sync: bool = True) -> dict:
-        """Write the event after the last one read (one writer wins), then move the pointer."""
+                dataset_version: str | None, run_id: str | None) -> dict:
+        """Write the event after the last one read (one writer wins), then sync the pointer."""
         seq = events[-1]["seq"] + 1 if events else 1
         event = validate_record("registry_event", {
             "seq": seq, "action": action, "model_version": model_version, "reason": reason,
@@ -192,8 +218,8 @@ class Registry:
                 "decide again against the new champion")
         self._cache[key] = event
         log.info("event %d: %s %s (was %s): %s", seq, action, model_version, previous, reason)
-        if sync:
-            self._sync_pointer(warn=False)
+        # a rejection leaves the champion: a pointer that disagrees now was left behind by a crash
+        self._sync_pointer(warn=action == "rejected")
         return dict(event)
 
     def _read_pointer(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -205,41 +231,51 @@ class Registry:
         try:
             return validate_record("champion", json.loads(raw)), etag
         except (ValueError, SchemaError) as exc:
-            log.warning("champion pointer %s is unreadable (%s); it will be rewritten",
-                        self.pointer_key, exc)
+            log.warning("champion pointer %s is unreadable (%s)", self.pointer_key, exc)
             return None, etag
+
+    def _check_pointer(self) -> _PointerCheck:
+        """Compare the pointer with the champion the event log implies."""
+        events = self.events()
+        stack, moved_by = self._replay(events)
+        pointer, etag = self._read_pointer()
+        if not stack or moved_by is None:
+            if pointer is not None:
+                log.warning("champion pointer names %s, the event log no champion: ignoring the "
+                            "pointer", pointer["model_version"])
+            return _PointerCheck(None, None, pointer, etag, "no_champion")
+        champion, key = stack[-1], self.event_key(moved_by)
+        if pointer and (pointer["model_version"], pointer["event"]) == (champion, key):
+            verdict = "agrees"
+        elif pointer and (_seq_of(pointer["event"]) or 0) > events[-1]["seq"]:
+            verdict = "listing_behind"
+        else:
+            verdict = "stale"
+        return _PointerCheck(champion, key, pointer, etag, verdict)
 
     def _sync_pointer(self, warn: bool) -> str | None:
         """Move the pointer (by CAS) to the champion the event log implies; return that champion."""
         champion: str | None = None
         for attempt in range(_CAS_ATTEMPTS):
-            events = self.events()
-            stack, moved_by = self._replay(events)
-            champion = stack[-1] if stack else None
-            pointer, etag = self._read_pointer()
-            if champion is None or moved_by is None:
-                if pointer is not None:
-                    log.warning("pointer names %s, the event log no champion: ignoring the "
-                                "pointer", pointer["model_version"])
-                return None
-            key = self.event_key(moved_by)
-            if pointer and (pointer["model_version"], pointer["event"]) == (champion, key):
+            check = self._check_pointer()
+            champion = check.champion
+            if check.verdict in ("no_champion", "agrees"):
                 return champion
-            pointed = _seq_of(pointer["event"]) if pointer else None
-            if pointed and pointed > events[-1]["seq"] and attempt < _CAS_ATTEMPTS - 1:
+            if check.verdict == "listing_behind" and attempt < _CAS_ATTEMPTS - 1:
                 continue  # the pointer knows a newer event than this listing shows: list again
             (log.warning if warn else log.info)(
                 "champion pointer says %s, the event log says %s (event %s); updating it",
-                pointer and pointer["model_version"], champion, key)
-            data = json.dumps(validate_record("champion", {"model_version": champion, "event": key,
-                                                           "updated_at": utc_now()})).encode()
+                check.pointer and check.pointer["model_version"], champion, check.event)
+            data = json.dumps(validate_record("champion", {
+                "model_version": champion, "event": check.event, "updated_at": utc_now()})).encode()
             try:
-                self.store.put(self.pointer_key, data, if_match=etag, if_none_match=etag is None,
-                               content_type="application/json")
+                self.store.put(self.pointer_key, data, if_match=check.etag,
+                               if_none_match=check.etag is None, content_type="application/json")
                 return champion
             except PreconditionFailed:
                 log.info("champion pointer moved under us; reading the log again")
-        log.warning("champion pointer not updated after %d tries: readers repair it", _CAS_ATTEMPTS)
+        log.warning("champion pointer not updated after %d tries: the next registry write or "
+                    "`brain-tumor registry repair` moves it", _CAS_ATTEMPTS)
         return champion
 
 

@@ -75,7 +75,9 @@ class ScoreStore:
         return self.settings.key("scores", BATCHES_DIR, f"{safe}.json")
 
     def _folder(self, *parts: str) -> str:
-        return self.settings.key("scores", *parts) + "/"
+        """``scores/<parts>/``: the prefix of a folder (``scores/`` itself without parts)."""
+        key = self.settings.key("scores", *parts)
+        return key if key.endswith("/") else key + "/"
 
     # --- study results ---
     def is_done(self, model_version: str, study_id: str) -> bool:

@@ -1,9 +1,11 @@
-"""Alerts of the brain-tumor pipeline, as Airflow callbacks: a log line and a configurable notifier.
+"""Alerts of the brain-tumor pipeline, as Airflow callbacks: a log line and Airflow notifiers.
 
-``send`` logs one WARNING line (``brain-tumor alert [<kind>] ...``) and hands the alert, a plain
-dict, to the callable named by the ``alert_notifier`` setting (``BRAIN_TUMOR_ALERT_NOTIFIER``,
-``package.module:function``); unset, the log line is the whole alert. A notifier that fails is
-logged with its traceback and does not fail the task or callback that raised the alert.
+``send`` logs one WARNING line (``brain-tumor alert [<kind>] ...``) and hands the alert to the
+notifiers that ``BRAIN_TUMOR_ALERT_NOTIFIERS`` names (e-mail through the SMTP provider's
+``SmtpNotifier``, Slack, Apprise; see ``notifiers``); unset, the log line is the whole alert. An
+alert says what happened, where (DAG, run id, a link to the run) and that the pipeline is for
+research use only. A notifier that fails is logged with its traceback and does not fail the task
+or callback that raised the alert.
 
 Hooks:
 
@@ -15,11 +17,13 @@ Hooks:
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from brain_tumor_airflow.notifiers import deliver
+from brain_tumor_airflow.ui.status import RETRAIN_DAG, SCORING_DAG, run_link
 
 log = logging.getLogger(__name__)
 
@@ -27,39 +31,26 @@ RUN_FAILED, MODEL_REJECTED, STUDIES_QUARANTINED = "run_failed", "model_rejected"
     "studies_quarantined"
 
 
-def load_notifier(path: str | None) -> Callable[[dict[str, Any]], Any] | None:
-    """The callable at ``package.module:function`` (or ``package.module.function``); None if unset."""
-    if not path:
+def run_url(dag_id: str | None, run_id: str | None) -> str | None:
+    """The Airflow UI page of a run, absolute when ``[api] base_url`` is set (None without one)."""
+    path = run_link(dag_id, run_id) if dag_id else None
+    if path is None:
         return None
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"alert_notifier must be 'package.module:function', received {path!r}")
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"alert_notifier {path!r} cannot be imported: {exc}") from exc
-    if not callable(target):
-        raise ValueError(f"alert_notifier {path!r} is a {type(target).__name__}, not a callable")
-    return target
+    from airflow.sdk import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return base + path
 
 
-def send(kind: str, message: str, notifier: str | None = None, **details: Any) -> dict[str, Any]:
-    """Log the alert and pass it to the notifier (default: the ``alert_notifier`` setting)."""
-    alert = {"kind": kind, "message": message, "details": details,
+def send(kind: str, message: str, *, dag_id: str | None = None, run_id: str | None = None,
+         context: Any = None, **details: Any) -> dict[str, Any]:
+    """Log the alert and hand it to the configured notifiers (with the callback's context)."""
+    alert = {"kind": kind, "message": message, "dag_id": dag_id, "run_id": run_id,
+             "link": run_url(dag_id, run_id), "details": details,
              "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    log.warning("brain-tumor alert [%s] %s %s", kind, message, details)
-    try:
-        if notifier is None:
-            from brain_tumor.settings import load_settings
-
-            notifier = load_settings().alert_notifier
-        target = load_notifier(notifier)
-        if target is not None:
-            target(alert)
-    except Exception:  # an alert must never take the pipeline down with it
-        log.exception("brain-tumor alert [%s]: the notifier %r failed", kind, notifier)
+    log.warning("brain-tumor alert [%s] %s (dag %s, run %s) %s", kind, message, dag_id, run_id,
+                details)
+    alert["notified"] = deliver(alert, context)
     return alert
 
 
@@ -70,14 +61,14 @@ def _run_of(context: Any) -> tuple[str | None, str | None]:
     return dag_id, getattr(run, "run_id", None) or context.get("run_id")
 
 
-def on_dag_failure(context: Any) -> dict[str, Any]:
+def on_dag_failure(context: Mapping[str, Any]) -> dict[str, Any]:
     """DAG-level on_failure_callback: a failed run."""
     dag_id, run_id = _run_of(context)
     ti = context.get("ti") or context.get("task_instance")
     task = getattr(ti, "task_id", None)
     reason = context.get("reason") or (f"task {task} failed" if task else "the run failed")
     return send(RUN_FAILED, f"{dag_id} run {run_id} failed: {reason}", dag_id=dag_id,
-                run_id=run_id, task_id=task, reason=str(reason))
+                run_id=run_id, context=context, task_id=task, reason=str(reason))
 
 
 def model_rejected(event: dict[str, Any]) -> dict[str, Any]:
@@ -85,11 +76,13 @@ def model_rejected(event: dict[str, Any]) -> dict[str, Any]:
     return send(MODEL_REJECTED,
                 f"candidate {event['model_version']} rejected; champion stays "
                 f"{event.get('previous_champion')}: {event.get('reason')}",
+                dag_id=RETRAIN_DAG, run_id=event.get("run_id"),
                 model_version=event["model_version"], champion=event.get("previous_champion"),
-                dataset_version=event.get("dataset_version"), run_id=event.get("run_id"))
+                dataset_version=event.get("dataset_version"), reason=event.get("reason"))
 
 
-def scoring_quarantine(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+def scoring_quarantine(summary: dict[str, Any] | None,
+                       context: Any = None) -> dict[str, Any] | None:
     """Alert when a batch summary reports quarantined studies; None otherwise."""
     summary = summary or {}
     count = int(summary.get("studies_quarantined") or 0)
@@ -99,11 +92,11 @@ def scoring_quarantine(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     return send(STUDIES_QUARANTINED,
                 f"scoring run {summary.get('run_id')} quarantined {count} "
                 f"stud{'y' if count == 1 else 'ies'}: {', '.join(map(str, studies)) or '?'}",
-                run_id=summary.get("run_id"), model_version=summary.get("model_version"),
-                studies=studies, count=count)
+                dag_id=SCORING_DAG, run_id=summary.get("run_id"), context=context,
+                model_version=summary.get("model_version"), studies=studies, count=count)
 
 
-def on_scoring_summary(context: Any) -> dict[str, Any] | None:
+def on_scoring_summary(context: Mapping[str, Any]) -> dict[str, Any] | None:
     """on_success_callback of the summarize task: alert on quarantined studies."""
     ti = context["ti"]
-    return scoring_quarantine(ti.xcom_pull(task_ids=ti.task_id))
+    return scoring_quarantine(ti.xcom_pull(task_ids=ti.task_id), context)

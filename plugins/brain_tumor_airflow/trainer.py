@@ -11,6 +11,7 @@ private environment, never in rendered templates or logs.
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
@@ -98,16 +99,23 @@ class TrainerDockerOperator(DockerOperator):
         return super().execute(context)
 
 
-def train_task(trainer: str, dataset_version: str, pool: str, ml_queue: str | None = None) -> Any:
+def train_task(trainer: str, dataset_version: str, pool: str, ml_queue: str | None = None,
+               execution_timeout: timedelta | None = None) -> Any:
     """The train task for the chosen trainer ('docker' or 'local').
 
     A local training needs TensorFlow on the worker, so it goes to ``ml_queue`` when one is
     given; the Docker one only talks to the GPU host's engine and stays on the default queue.
+    ``execution_timeout`` bounds each try (None: the DAG's default).
     """
+    extra: dict[str, Any] = {}
+    if execution_timeout is not None:
+        extra["execution_timeout"] = execution_timeout
     if trainer == "docker":
-        return TrainerDockerOperator(task_id="train", dataset_version=dataset_version, pool=pool)
+        return TrainerDockerOperator(task_id="train", dataset_version=dataset_version, pool=pool,
+                                     **extra)
     if trainer != "local":
         raise ValueError(f"trainer must be 'docker' or 'local', received {trainer!r}")
     command = " ".join([sys.executable, "-m", "brain_tumor.cli", *TRAIN_ARGS, dataset_version])
-    extra = {"queue": ml_queue} if ml_queue else {}
+    if ml_queue:
+        extra["queue"] = ml_queue
     return BashOperator(task_id="train", bash_command=command, pool=pool, **extra)

@@ -21,7 +21,6 @@ from brain_tumor.scoring.readers import upload_study
 from brain_tumor.settings import Settings, settings_to_env
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.registry import Registry
-from brain_tumor.store.schemas import validate_record
 from brain_tumor.store.scores import ScoreStore
 from brain_tumor.store.storage import ObjectStore
 
@@ -67,7 +66,7 @@ def run_dag(dag: Any) -> tuple[Any, str, dict[str, list[str]]]:
 
 def summary_of(store: ObjectStore, settings: Settings, dag_run: Any) -> dict[str, Any]:
     """The batch summary the run stored."""
-    return validate_record("batch_summary", store.get_json(ScoreStore(store, settings).batch_key(dag_run.run_id)))
+    return ScoreStore(store, settings).batch(dag_run.run_id)
 
 
 def output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> str:

@@ -1,4 +1,5 @@
-"""Every DAG in dags/ parses without errors, follows the project's conventions, and parses light."""
+"""Every DAG in dags/ parses without errors, follows the project's conventions (tags, docs, UTC
+start, retries, timeouts), and parses light."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def conventions_broken(dag: Any) -> list[str]:
     no_retry = [t.task_id for t in dag.tasks if t.retries < 1]
     if no_retry:
         broken.append(f"tasks without retries: {no_retry}")
+    if dag.dagrun_timeout is None:
+        broken.append("no dagrun_timeout")
+    no_timeout = [t.task_id for t in dag.tasks if t.execution_timeout is None]
+    if no_timeout:
+        broken.append(f"tasks without execution_timeout: {no_timeout}")
     return broken
 
 
@@ -64,3 +70,18 @@ def test_parsing_dags_imports_no_heavy_module() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["dags"] and result["errors"] == []
     assert result["heavy"] == []
+
+
+def test_conventions_catch_missing_timeouts() -> None:
+    from datetime import UTC, datetime
+
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    with DAG("no_timeouts", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC),
+             catchup=False, tags=["t"], doc_md="doc",
+             default_args={"retries": 1, "retry_delay": timedelta(minutes=1)}) as dag:
+        EmptyOperator(task_id="work")
+
+    assert conventions_broken(dag) == ["no dagrun_timeout",
+                                       "tasks without execution_timeout: ['work']"]

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from deploy_services import Postgres, Redis, ServiceError, install_stack, postgres_bin, redis_bin
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from support import unavailable
 
 #: wall times (seconds) of the session's deployment steps and other figures (unit in the name),
 #: printed in the terminal summary
@@ -27,13 +26,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep("-", "deployment figures (wall seconds unless named)")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{name:40} {seconds:8.1f}")
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI (the tests must run there), skip elsewhere."""
-    if IN_CI:
-        pytest.fail(f"CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -240,7 +240,8 @@ def test_scoring_runs_on_the_scoring_queue(
     store = steps.open_store(deploy_settings)
     folders = make_studies(tmp_path_factory.mktemp("deploy-studies") / "studies",
                            SynthSpec(patients=3, slices=4, size=32, seed=21, first_patient=40))
-    study_ids = [upload_study(IncomingStore(store, deploy_settings), folder)[0] for folder in folders]
+    incoming = IncomingStore(store, deploy_settings)
+    study_ids = [upload_study(incoming, folder)[0] for folder in folders]
 
     t = time.monotonic()
     run, tis = run_dag(airflow, "batch_score")
@@ -256,4 +257,4 @@ def test_scoring_runs_on_the_scoring_queue(
     assert ran["scoring"] >= {"score"}
     assert "score" not in ran.get("default", set())
     for study_id in study_ids:
-        assert store.exists(ScoreStore(store, deploy_settings).done_key(champion, study_id)), study_id
+        assert ScoreStore(store, deploy_settings).is_done(champion, study_id), study_id

@@ -3,7 +3,7 @@
 The session fixture ``trainer_image`` makes sure of a Docker engine (scripts/docker-engine.sh) and
 builds the CPU variant (docker/build-trainer.sh --variant cpu; the base image is cached by its
 requirement hash, so only the first build on a machine takes minutes). ``BT_TRAINER_IMAGE=<tag>``
-uses an image built beforehand instead.
+uses an image built beforehand instead. ``cpu_base_image`` is that base alone (Debian bookworm).
 
 Under ``CI=true`` a missing engine or a failed build FAILS the tests; elsewhere the tests are
 skipped only when no engine answers and this user cannot start one (not root).
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 #: wall times of the session's Docker steps, printed in the terminal summary
 TIMINGS: dict[str, float] = {}
@@ -48,13 +48,6 @@ def _engine_answers() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
 
 
-def _unavailable(reason: str) -> None:
-    """Fail under CI (the tests must run there), skip elsewhere."""
-    if IN_CI:
-        pytest.fail(f"CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def _run_script(args: list[str], timeout: int) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -69,7 +62,7 @@ def docker_engine() -> None:
     t = time.monotonic()
     if not _engine_answers():
         if os.geteuid() != 0:
-            _unavailable("no Docker engine answers and this user is not root "
+            unavailable("no Docker engine answers and this user is not root "
                          "(start one: sudo scripts/docker-engine.sh)")
         proc = _run_script([str(REPO / "scripts" / "docker-engine.sh")], ENGINE_TIMEOUT_S)
         if proc.returncode != 0 or not _engine_answers():
@@ -96,6 +89,19 @@ def trainer_image(docker_engine: None) -> str:
     if proc.returncode != 0 or not lines:
         # a broken build is a bug wherever it happens, not a reason to skip
         pytest.fail(f"docker/build-trainer.sh failed (rc {proc.returncode}):\n"
+                    f"{proc.stderr[-5000:]}", pytrace=False)
+    return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def cpu_base_image(docker_engine: None) -> str:
+    """Tag of the CPU trainer's Debian base image (docker/build-cpu-base.sh, cached by its hash)."""
+    t = time.monotonic()
+    proc = _run_script([str(REPO / "docker" / "build-cpu-base.sh")], BUILD_TIMEOUT_S)
+    TIMINGS["base image"] = time.monotonic() - t
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"docker/build-cpu-base.sh failed (rc {proc.returncode}):\n"
                     f"{proc.stderr[-5000:]}", pytrace=False)
     return lines[-1]
 

@@ -42,7 +42,7 @@ def study_with_overlays(filled) -> tuple[str, list[str]]:
 
 def pictures(filled) -> list[str]:
     """Every picture endpoint, with real ids."""
-    m1, (study, overlays) = filled.models[0], study_with_overlays(filled)
+    m1, (study, _) = filled.models[0], study_with_overlays(filled)
     store = ObjectStore.from_settings(filled.settings)
     plot = next(iter(store.list(ModelStore(store, filled.settings).key(m1, "plots") + "/")))
     overlay = next(iter(store.list(ScoreStore(store, filled.settings).output_key(
@@ -93,7 +93,8 @@ def test_expired_token_is_refused(ops_server, token, filled) -> None:
                          ops_server.env["AIRFLOW__API_AUTH__JWT_SECRET"], algorithm=alg)
     still_valid = jwt.encode({**claims, "exp": now + 3600},
                              ops_server.env["AIRFLOW__API_AUTH__JWT_SECRET"], algorithm=alg)
-    assert get(ops_server, pages(filled)[0], still_valid).status_code == 200  # the re-signing is right
+    # the re-signing is right
+    assert get(ops_server, pages(filled)[0], still_valid).status_code == 200
     for path in (pages(filled)[0], pictures(filled)[0]):
         resp = get(ops_server, path, expired)
         assert resp.status_code == 401, (path, resp.status_code, resp.text[:300])

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import OUTPUT
+from support import unavailable
 
 CHROMIUM = os.environ.get("BT_CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 NOTICE = "Research use, not for diagnosis."
 TIMEOUT_MS = 30_000
 
@@ -29,7 +29,8 @@ def _browser_missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the playwright package is not installed (pip install playwright; no browser download)"
+        return ("the playwright package is not installed (pip install playwright; "
+                "no browser download)")
     return None
 
 
@@ -38,9 +39,7 @@ def browser_page() -> Iterator[Any]:
     """A headless Chromium page (skips, or fails under CI=true, without Chromium)."""
     missing = _browser_missing()
     if missing:
-        if IN_CI:
-            pytest.fail(f"CI=true and the browser test cannot run: {missing}")
-        pytest.skip(missing)
+        unavailable(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from brain_tumor.evaluation import catalog
 from brain_tumor_airflow.ui.charts import Series, line_chart
 from brain_tumor_airflow.ui.data import (
     NotFound,
@@ -14,7 +15,7 @@ from brain_tumor_airflow.ui.data import (
     check_study_id,
     headline,
 )
-from brain_tumor_airflow.ui.pages import NOTICE, gates_page
+from brain_tumor_airflow.ui.pages import NOTICE, gates_page, models_page, trends_page
 from brain_tumor_airflow.ui.status import page_alerts
 
 
@@ -44,6 +45,30 @@ def test_headline_takes_values_and_intervals() -> None:
     assert got["sensitivity"] == {"value": 0.9, "interval": [0.8, 0.95]}
     assert got["ece"] == {"value": 0.05, "interval": None}
     assert got["roc_auc"]["value"] is None and headline(None) == {}
+
+
+def test_models_and_trends_show_the_catalog_metrics() -> None:
+    metrics: dict = {section: {} for section in catalog.SECTIONS}
+    for i, m in enumerate(catalog.METRICS):
+        metrics[m.section][m.key] = 0.1 + i / 100
+    metrics["intervals"] = {name: [0.01, 0.99] for name in catalog.INTERVAL_METRICS}
+    shown = headline(metrics)
+    assert list(shown) == [m.name for m in catalog.ON_PAGE]
+    version = {"model": {"model_version": "m-1", "dataset_version": "ds-1",
+                         "created_at": "2026-01-01T00:00:00+00:00"},
+               "metrics": shown, "plots": [], "has_card": False}
+    html = models_page("/b", {"champion": None, "history": [], "events": []}, [version], [])
+    row = html[html.index('id="model-m-1"'):].split("</tr>")[0]
+    for m in catalog.ON_PAGE:
+        assert f">{m.short}</th>" in html
+        value = m.text(m.value(metrics))
+        assert value in row
+        if m.interval:
+            assert f'{value} <span class="muted">[0.010, 0.990]</span>' in row
+    trends = trends_page("/b", [version], [], [], [])
+    for name in catalog.NO_REGRESSION:
+        assert f"{catalog.metric(name).short} m-1: " in trends
+    assert "ECE, lower is better" in trends
 
 
 def test_only_rejections_since_the_champion_moved_alert() -> None:

@@ -61,3 +61,28 @@ def test_env_round_trip():
 
     s = load_settings(env={}, s3_endpoint_url=None, image_size=96, expected_slice_size=None)
     assert load_settings(env=settings_to_env(s)) == s
+
+
+def test_errors_never_show_the_secret(tmp_path: Path):
+    cfg = tmp_path / "bt.toml"
+    cfg.write_text("s3_secret_access_key = 4242424242\nsplit_train = 0.5\n")
+    with pytest.raises(SettingsError, match="s3_secret_access_key.*not shown") as err:
+        load_settings(cfg, env={})
+    assert "4242424242" not in str(err.value) and err.value.__cause__ is None
+    with pytest.raises(SettingsError, match="sum to 1") as err:
+        load_settings(env={"BRAIN_TUMOR_SPLIT_VAL": "0.5",
+                           "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY": "hush-hush"})
+    assert "hush-hush" not in str(err.value)
+
+
+def test_values_of_other_fields_are_named():
+    with pytest.raises(SettingsError, match=r"batch_size: .* received '0'"):
+        load_settings(env={"BRAIN_TUMOR_BATCH_SIZE": "0"})
+
+
+def test_prefixes_leave_room_for_ids():
+    from brain_tumor.store.ids import MAX_PREFIX_BYTES
+
+    with pytest.raises(SettingsError, match="must be at most 512 bytes"):
+        load_settings(env={"BRAIN_TUMOR_S3_ROOT": "x" * MAX_PREFIX_BYTES})
+    assert load_settings(env={"BRAIN_TUMOR_S3_ROOT": "x" * (MAX_PREFIX_BYTES - 9)}).s3_root

@@ -71,10 +71,17 @@ def _base(request: Request) -> str:
 
 def create_app() -> FastAPI:
     """The FastAPI app with every page; each route requires an Airflow login."""
-    from brain_tumor_airflow.ui.data import NotFound
-
     app = FastAPI(title="brain-tumor ops", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(require_user)])
+    _add_error_pages(app)
+    _add_pages(app)
+    _add_files(app)
+    return app
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    """Answer missing objects, refused logins, unknown paths and malformed ones with a page."""
+    from brain_tumor_airflow.ui.data import NotFound
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> HTMLResponse:
@@ -88,6 +95,10 @@ def create_app() -> FastAPI:
     @app.exception_handler(RequestValidationError)  # e.g. a slice number that is not a number
     async def bad_path(request: Request, exc: RequestValidationError) -> HTMLResponse:
         return _html(pages.error_page(_base(request), 404, "no such page"), 404)
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The HTML pages: models, gates, trends, scoring, one study, one model card."""
 
     @app.get("/")
     def index(request: Request) -> RedirectResponse:
@@ -130,6 +141,11 @@ def create_app() -> FastAPI:
         return _html(pages.card_page(_base(request), model_version,
                                      data.model_card(model_version), _alerts(data)))
 
+
+def _add_files(app: FastAPI) -> None:
+    """The pictures, streamed from the bucket: evaluation plots, study overviews, overlays."""
+    from brain_tumor_airflow.ui.data import NotFound
+
     @app.get("/files/models/{model_version}/plots/{name}")
     def plot(model_version: str, name: str) -> Response:
         return _png(ops_data().plot(model_version, name))
@@ -144,5 +160,3 @@ def create_app() -> FastAPI:
             raise NotFound(f"no slice {number}")
         return _png(ops_data().study_picture(model_version, study_id,
                                              f"overlays/{number}.png"))
-
-    return app

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from brain_tumor.evaluation import catalog
 from brain_tumor.settings import Settings
 from brain_tumor.store import ids
 from brain_tumor.store.datasets import DatasetStore
@@ -23,17 +24,9 @@ from brain_tumor.store.storage import KeyNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-#: headline metrics shown per model version: (label, section of metrics.json, key)
-HEADLINE = (
-    ("sensitivity", "slice", "sensitivity"),
-    ("specificity", "slice", "specificity"),
-    ("roc_auc", "slice", "roc_auc"),
-    ("dice_per_patient_mean", "localization", "dice_per_patient_mean"),
-    ("detection_rate", "patient", "detection_rate"),
-    ("false_positive_slices_per_patient", "patient", "false_positive_slices_per_patient"),
-    ("ece", "calibration", "ece"),
-)
-_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
+#: headline metrics shown per model version (the catalog's ``on_page`` entries)
+HEADLINE = catalog.ON_PAGE
+_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png")  # matched whole (fullmatch)
 RECENT_BATCHES = 50
 RECENT_STUDIES = 100
 
@@ -58,7 +51,7 @@ def check_study_id(value: str) -> str:
 
 def check_png_name(value: str) -> str:
     """value if it is a plain PNG file name (no folders, no leading dot)."""
-    if not isinstance(value, str) or not _FILE_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not _FILE_RE.fullmatch(value) or ".." in value:
         raise NotFound(f"not a picture name: {value!r:.80}")
     return value
 
@@ -68,9 +61,8 @@ def headline(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     if not metrics:
         return {}
     intervals = metrics.get("intervals") or {}
-    return {name: {"value": (metrics.get(section) or {}).get(key),
-                   "interval": intervals.get(name)}
-            for name, section, key in HEADLINE}
+    return {m.name: {"value": m.value(metrics), "interval": intervals.get(m.name)}
+            for m in HEADLINE}
 
 
 @dataclass
@@ -119,7 +111,7 @@ class OpsData:
         """File names of the model's evaluation plots."""
         prefix = self.models.key(check_model_version(version), "plots") + "/"
         return [info.key[len(prefix):] for info in self.store.list(prefix)
-                if _FILE_RE.match(info.key[len(prefix):])]
+                if _FILE_RE.fullmatch(info.key[len(prefix):])]
 
     def model_card(self, version: str) -> str:
         """The model card's Markdown."""

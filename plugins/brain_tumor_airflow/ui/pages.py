@@ -8,6 +8,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from brain_tumor.evaluation import catalog
+from brain_tumor.evaluation.catalog import Metric
 from brain_tumor_airflow.ui.charts import Series, line_chart
 from brain_tumor_airflow.ui.status import anchor, gate_anchor, run_link
 
@@ -17,12 +19,16 @@ TABS = (("models", "Models"), ("gates", "Gate decisions"), ("trends", "Trends"),
 RETRAIN_DAG, SCORING_DAG = "retrain_nightly", "batch_score"
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0 1.2rem 2rem;color:#222;font-size:14px}
-nav a{margin-right:1rem;text-decoration:none;padding:.3rem .1rem}nav a.on{border-bottom:3px solid #1f77b4;font-weight:bold}
-nav{margin:.8rem 0 1rem}.notice{background:#fff4ce;border:1px solid #e0c060;padding:.35rem .6rem;margin:.6rem 0}
+nav a{margin-right:1rem;text-decoration:none;padding:.3rem .1rem}
+nav a.on{border-bottom:3px solid #1f77b4;font-weight:bold}
+nav{margin:.8rem 0 1rem}
+.notice{background:#fff4ce;border:1px solid #e0c060;padding:.35rem .6rem;margin:.6rem 0}
 .alert{background:#fde2e1;border:1px solid #d62728;padding:.35rem .6rem;margin:.3rem 0}
-table{border-collapse:collapse;margin:.4rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.4rem 0 1rem}
+td,th{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}
-.champion{background:#e7f5e9}.muted{color:#777}.pics img{max-width:300px;margin:.3rem;border:1px solid #ccc}
+.champion{background:#e7f5e9}.muted{color:#777}
+.pics img{max-width:300px;margin:.3rem;border:1px solid #ccc}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.6rem;border:1px solid #ddd}
 """
 
@@ -74,13 +80,15 @@ def _run(dag_id: str, run_id: str | None) -> str:
     return f'<a href="{escape(link)}" target="_top">{e(run_id)}</a>' if link else e(run_id)
 
 
-def _metric(m: dict[str, Any] | None, digits: int = 3) -> str:
-    if not m:
+def _metric(metric: Metric, shown: dict[str, Any] | None) -> str:
+    """A headline value ({value, interval}) with its interval, rounded as the catalog says."""
+    if not shown:
         return "—"
-    iv = m.get("interval")
-    text = num(m.get("value"), digits)
+    iv = shown.get("interval")
+    text = e(metric.text(shown.get("value"), missing="—"))
     if iv and len(iv) == 2:
-        text += f' <span class="muted">[{num(iv[0], digits)}, {num(iv[1], digits)}]</span>'
+        low, high = (e(metric.text(b, missing="—")) for b in iv)
+        text += f' <span class="muted">[{low}, {high}]</span>'
     return text
 
 
@@ -94,16 +102,17 @@ def models_page(base: str, registry: dict[str, Any], versions: list[dict[str, An
         f'<td><b>{e(ev["action"])}</b></td><td>{e(ev["model_version"])}</td>'
         f'<td>{e(ev.get("previous_champion"))}</td><td>{e(ev.get("dataset_version"))}</td>'
         f'<td>{e(ev["reason"])}'
-        + (f' (<a href="{base}/gates#{gate_anchor(ev["model_version"], ev.get("dataset_version"))}">'
-           f'gate checks</a>)' if ev["action"] != "rolled_back" else "")
+        + (f' (<a href="{base}/gates#'
+           f'{gate_anchor(ev["model_version"], ev.get("dataset_version"))}">gate checks</a>)'
+           if ev["action"] != "rolled_back" else "")
         + f'</td><td>{_run(RETRAIN_DAG, ev.get("run_id"))}</td></tr>'
         for ev in registry["events"])
     history = ("<table id=\"history\"><tr><th>#</th><th>when</th><th>action</th><th>model</th>"
                "<th>previous champion</th><th>dataset</th><th>why</th><th>run</th></tr>"
                f"{rows}</table>" if rows else "<p>No registry events yet.</p>")
-    names = ("sensitivity", "specificity", "roc_auc", "dice_per_patient_mean", "detection_rate",
-             "false_positive_slices_per_patient", "ece")
-    head = "".join(f"<th>{n.replace('_', ' ')}</th>" for n in names)
+    columns = catalog.ON_PAGE
+    head = "".join(f'<th title="{e(m.label)}, {m.direction} is better">{e(m.short)}</th>'
+                   for m in columns)
     mrows = []
     for v in versions:
         mv = v["model"]["model_version"]
@@ -114,7 +123,7 @@ def models_page(base: str, registry: dict[str, Any], versions: list[dict[str, An
             f'<tr id="model-{anchor(mv)}" class="{"champion" if mv == champion else ""}">'
             f'<td><b>{e(mv)}</b>{" ★ champion" if mv == champion else ""}</td>'
             f'<td>{e(v["model"]["dataset_version"])}</td><td>{when(v["model"]["created_at"])}</td>'
-            + "".join(f"<td>{_metric(v['metrics'].get(n))}</td>" for n in names)
+            + "".join(f"<td>{_metric(m, v['metrics'].get(m.name))}</td>" for m in columns)
             + f'<td>{" · ".join(links) or "not evaluated"}</td></tr>')
     table = (f'<table id="versions"><tr><th>model version</th><th>dataset</th><th>created</th>'
              f'{head}<th>card and plots</th></tr>{"".join(mrows)}</table>'
@@ -140,10 +149,12 @@ def gates_page(base: str, results: list[dict[str, Any]], alerts: list[dict[str, 
             for c in r["checks"])
         verdict = '<span class="pass">passed</span>' if r["passed"] else \
             '<span class="fail">rejected</span>'
+        against = (e(r.get("champion_version")) if r.get("champion_version")
+                   else "none (first model: floors only)")
         parts.append(
             f'<section id="{gate_anchor(r["model_version"], r["dataset_version"])}">'
             f'<h2>{e(r["model_version"])} on {e(r["dataset_version"])}: {verdict}</h2>'
-            f'<p>Champion compared against: {e(r.get("champion_version")) if r.get("champion_version") else "none (first model: floors only)"}'
+            f'<p>Champion compared against: {against}'
             f' · decided {when(r.get("at"))}</p>'
             f'<table><tr><th>check</th><th>value</th><th>op</th><th>bound</th><th>outcome</th>'
             f'<th>note</th></tr>{checks}</table></section>')
@@ -157,15 +168,17 @@ def trends_page(base: str, versions: list[dict[str, Any]], datasets: list[dict[s
     versions = list(reversed(versions))  # oldest first
     labels = [v["model"]["model_version"] for v in versions]
 
-    def series(name: str, label: str) -> Series:
-        ms = [v["metrics"].get(name) or {} for v in versions]
-        return Series(label, [m.get("value") for m in ms], [m.get("interval") for m in ms])
+    def series(metric: Metric) -> Series:
+        ms = [v["metrics"].get(metric.name) or {} for v in versions]
+        return Series(metric.short, [m.get("value") for m in ms], [m.get("interval") for m in ms])
 
+    guarded = [catalog.metric(name) for name in catalog.NO_REGRESSION]  # what the gate guards
+    calibration = [m for m in catalog.ON_PAGE if m.section == "calibration"]
     quality = line_chart("Detection over model versions (95% intervals)", labels,
-                         [series("sensitivity", "sensitivity"), series("roc_auc", "ROC-AUC"),
-                          series("dice_per_patient_mean", "Dice / patient")], (0.0, 1.0))
-    calib = line_chart("Calibration over model versions (ECE, lower is better)", labels,
-                       [series("ece", "ECE")])
+                         [series(m) for m in guarded], (0.0, 1.0))
+    calib = line_chart("Calibration over model versions ("
+                       + ", ".join(f"{m.short}, {m.direction} is better" for m in calibration)
+                       + ")", labels, [series(m) for m in calibration])
     ds_labels = [d["version"] for d in datasets]
     counts = [d.get("counts") or {} for d in datasets]
     size = line_chart("Dataset size over dataset versions", ds_labels,
@@ -183,7 +196,7 @@ def trends_page(base: str, versions: list[dict[str, Any]], datasets: list[dict[s
                       f"<td>{e(', '.join(d['exports']))}</td>"
                       + "".join(f"<td>{e(c.get(k))}</td>" for k in
                                 ("patients", "slices", "tumor_slices", "quarantined"))
-                      + "</tr>" for d, c in zip(datasets, counts))
+                      + "</tr>" for d, c in zip(datasets, counts, strict=True))
     body = (f"<h2>Model quality</h2>{quality}{calib}<h2>Data</h2>{size}"
             f'<table id="datasets"><tr><th>dataset version</th><th>created</th><th>exports</th>'
             f'<th>patients</th><th>slices</th><th>tumor slices</th><th>quarantined</th></tr>'

@@ -1,4 +1,4 @@
-"""Tests for brain_tumor.devtools.synth: layout, determinism, channel order, masks, bad kinds, archives."""
+"""brain_tumor.devtools.synth: layout, determinism, channel order, masks, bad kinds, archives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""brain_tumor.evaluation.evaluate and brain_tumor.evaluation.report on small hand-built and synthetic predictions."""
+"""evaluation.evaluate and evaluation.report on small hand-built and synthetic predictions."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from brain_tumor.evaluation import catalog, report
 from brain_tumor.evaluation import evaluate as ev
-from brain_tumor.evaluation import report
-from brain_tumor.evaluation.evaluate import Predictions, evaluate, threshold_from_validation
+from brain_tumor.evaluation.evaluate import Predictions, evaluate
+from brain_tumor.evaluation.metrics import choose_threshold
 from brain_tumor.store.schemas import validate_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -134,7 +135,7 @@ def test_intervals_contain_point_estimates(make) -> None:
         "detection_rate": r["patient"]["detection_rate"],
         "false_positive_slices_per_patient": r["patient"]["false_positive_slices_per_patient"],
     }
-    assert set(r["intervals"]) == set(point) == set(ev.INTERVAL_METRICS)
+    assert set(r["intervals"]) == set(point) == set(catalog.INTERVAL_METRICS)
     for name, value in point.items():
         assert _contains(r["intervals"][name], value), (name, value, r["intervals"][name])
         if r["intervals"][name] is not None:
@@ -165,8 +166,8 @@ def test_undefined_values_are_null() -> None:
     test = _perfect()
     keep = test.y_true == 0  # no tumor slices at all
     only_neg = Predictions(test.patient_ids[keep], test.y_true[keep], test.prob[keep],
-                           [m for m, k in zip(test.true_masks, keep) if k],
-                           [m for m, k in zip(test.pred_masks, keep) if k])
+                           [m for m, k in zip(test.true_masks, keep, strict=True) if k],
+                           [m for m, k in zip(test.pred_masks, keep, strict=True) if k])
     r = _run(only_neg)
     assert r["slice"]["roc_auc"] is None and r["intervals"]["roc_auc"] is None
     assert r["patient"]["detection_rate"] is None
@@ -186,7 +187,7 @@ def test_threshold_comes_from_validation_only() -> None:
     ids = np.repeat(["V1", "V2"], 5)
     val = Predictions(ids, (prob > 0.5).astype(int), prob, masks, masks)
     test = _synthetic(patients=6, slices=5, seed=12)
-    t = threshold_from_validation(val)
+    t = choose_threshold(val.y_true, val.prob)
     assert t == pytest.approx(0.5)  # midpoint between 0.45 and 0.55
     flipped = Predictions(test.patient_ids, 1 - test.y_true, test.prob, test.true_masks,
                           test.pred_masks)
@@ -196,7 +197,7 @@ def test_threshold_comes_from_validation_only() -> None:
     assert r1["slice"]["sensitivity"] != r2["slice"]["sensitivity"]  # test labels did change
     # changing validation labels moves the threshold
     val2 = Predictions(ids, (prob > 0.75).astype(int), prob, masks, masks)
-    assert threshold_from_validation(val2) == pytest.approx(0.8)
+    assert choose_threshold(val2.y_true, val2.prob) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="test labels"):
         _run(test, t, threshold_source="test")
 
@@ -234,7 +235,6 @@ def test_model_card() -> None:
         split_counts={"train": {"patients": 70, "slices": 2700, "tumor_slices": 900},
                       "val": {"patients": 15, "slices": 600, "tumor_slices": 200},
                       "test": metrics["counts"]},
-        training={"epochs": 3, "best_val_loss": 0.1234},
     )
     assert report.INTENDED_USE in card and "not a diagnostic device" in card
     assert "| Dice per patient, mean | 0.300 |" in card
@@ -244,6 +244,9 @@ def test_model_card() -> None:
     assert "ds-1" in card and "m-1" in card and "0.1.0" in card and "| train | 70 |" in card
     assert "ImageNet" in card and "n/a" not in card.split("## Metrics")[0].split("## Data")[0]
     assert "nan" not in card.lower()
-    interval_rows = {r[3] for r in report._ROWS if r[3]}
-    assert interval_rows == set(ev.INTERVAL_METRICS)
+    rows = [line for line in card.split("## Metrics")[1].split("## Limits")[0].splitlines()
+            if line.startswith("| ") and not line.startswith(("| metric", "| ---"))]
+    assert [r.split(" | ")[0][2:] for r in rows] == [m.label for m in catalog.METRICS]
+    with_ci = {r.split(" | ")[0][2:] for r in rows if r.split(" | ")[2].startswith("[")}
+    assert with_ci == {m.label for m in catalog.METRICS if m.interval}
     assert report._fmt(None) == "n/a" and report._fmt(0.12345) == "0.123"

@@ -128,6 +128,19 @@ def test_per_patient_dice_stacks_slices() -> None:
     assert out["B"] == 1.0
 
 
+def test_per_patient_dice_takes_slices_of_different_sizes() -> None:
+    small, large = np.zeros((6, 6), bool), np.zeros((9, 9, 1), bool)
+    small[:2, :2] = True
+    large[:3, :3, 0] = True
+    shifted = np.roll(large, 1, axis=0)  # 6 of 9 pixels overlap
+    out = m.per_patient_dice(["A", "B"], [small, large], [small, shifted])
+    assert out == {"A": 1.0, "B": pytest.approx(2 * 6 / 18)}
+    with pytest.raises(ValueError, match=r"slice 1 \(patient B\).*native size"):
+        m.per_patient_dice(["A", "B"], [small, large], [small, small])
+    with pytest.raises(ValueError, match="2 patient ids for 1 slices"):
+        m.per_patient_dice(["A", "B"], [small], [small])
+
+
 def test_tumor_slice_dice_iou_ignores_empty_truth() -> None:
     t = np.zeros((3, 6, 6), dtype=bool)
     p = np.zeros_like(t)

@@ -1,6 +1,13 @@
 import pytest
 
-from brain_tumor.ingest.naming import BadName, is_ignored, is_slice_file, parse_slice_path
+from brain_tumor.ingest.naming import (
+    MAX_SLICE_NUMBER,
+    BadName,
+    is_ignored,
+    is_slice_file,
+    parse_slice_path,
+    slice_number,
+)
 
 
 def test_parses_real_names():
@@ -15,6 +22,10 @@ def test_parses_real_names():
     ("TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_x.tif", "is not"),
     ("OTHER/TCGA_CS_4941_19960909_1.tif", "lies in folder 'OTHER'"),
     ("TCGA_CS_4941_19960909_1.tif", "lies in folder ''"),
+    ("TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1.tif\n", "is not"),
+    ("TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_\u0662.tif", "is not"),
+    ("TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_100000.tif", "slice number 100000 .* over"),
+    ("TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_99999999999999999999999_mask.tif", "over 99999"),
 ])
 def test_bad_names_say_why(path, needle):
     with pytest.raises(BadName, match=needle):
@@ -24,3 +35,9 @@ def test_bad_names_say_why(path, needle):
 def test_side_files():
     assert is_ignored("kaggle_3m/data.csv") and is_ignored("README.md")
     assert not is_ignored("a/b.tif") and is_slice_file("a/b.TIFF") and not is_slice_file("a.png")
+
+
+def test_slice_numbers():
+    assert [slice_number(d) for d in ("0", "007", "99999", "000000000000000000000012")] == [
+        0, 7, MAX_SLICE_NUMBER, 12]
+    assert slice_number("100000") is None and slice_number("9" * 5000) is None

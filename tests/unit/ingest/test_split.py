@@ -1,4 +1,4 @@
-"""Tests for brain_tumor.ingest.split: patient-level, stable, stratified train/val/test assignment."""
+"""brain_tumor.ingest.split: patient-level, stable, stratified train/val/test assignment."""
 
 from __future__ import annotations
 

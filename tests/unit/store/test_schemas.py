@@ -1,17 +1,23 @@
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from brain_tumor.settings import load_settings
+from brain_tumor.store.registry import Registry
 from brain_tumor.store.schemas import (
+    SCHEMA_VERSION,
     SCHEMAS,
     SchemaError,
     describe_markdown,
     validate_record,
     validate_table,
 )
+from brain_tumor.store.storage import ObjectStore
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "schemas.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "schemas.md"
 
 
 def test_docs_are_generated_from_the_schemas():
@@ -48,3 +54,32 @@ def test_record_validation_names_the_problem():
         validate_record("dataset_head", [rec])
     with pytest.raises(SchemaError, match="no record schema"):
         validate_record("manifest", rec)
+
+
+def test_records_carry_the_schema_version():
+    written = validate_record("dataset_head", {"version": "ds-1", "updated_at": "t"})
+    assert written["schema_version"] == SCHEMA_VERSION == 1
+    assert validate_record("dataset_head", dict(written)) == written
+    with pytest.raises(SchemaError, match="reads version 1, received 2"):
+        validate_record("dataset_head", {**written, "schema_version": 2})
+    with pytest.raises(SchemaError, match="received '1'"):
+        validate_record("dataset_head", {**written, "schema_version": "1"})
+    for schema in SCHEMAS.values():
+        documented = [c.name for c in schema.fields]
+        assert ("schema_version" in documented) == (not schema.table), schema.name
+
+
+def test_a_record_written_before_schema_version_reads_as_version_1():
+    old = json.loads('{"model_version": "m-1", "event": "registry/events/00000001.json", '
+                     '"updated_at": "2025-01-01T00:00:00+00:00"}')
+    assert validate_record("champion", old)["schema_version"] == 1
+
+
+def test_registry_event_location_is_the_key_the_registry_writes():
+    settings = load_settings(env={})
+    registry = Registry(ObjectStore.from_settings(settings), settings)  # no request is made
+    key = registry.event_key(7)[len(registry.events_prefix):]
+    location = SCHEMAS["registry_event"].location
+    assert location.startswith("registry/events/")
+    pattern = re.escape(location.rsplit("/", 1)[1]).replace(re.escape("<seq:08d>"), r"\d{8}")
+    assert re.fullmatch(pattern, key), (location, key)

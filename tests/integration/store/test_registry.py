@@ -1,5 +1,6 @@
 """The model registry: event log, champion stack, pointer repair, and real concurrency."""
 
+import json
 import logging
 import threading
 import time
@@ -125,27 +126,77 @@ def test_losing_the_seq_race_conflicts(registry, store, settings):
     assert registry.champion_history() == ["m-a", "m-b"]
 
 
-def test_pointer_repaired_after_crash(registry, caplog):
+def _crash_after_event(registry: Registry) -> None:
+    """m-a promoted, then a crash between event 2 (promote m-b) and the pointer move."""
     registry.promote("m-a", reason="first")
-    # a crash between the event write and the pointer move: event 2 exists, pointer says m-a
     crashed = {"seq": 2, "action": "promoted", "model_version": "m-b", "previous_champion": "m-a",
                "dataset_version": None, "reason": "crashed", "metrics": None, "run_id": None,
                "at": "2024-01-01T00:00:00+00:00"}
     assert registry.store.put_json(registry.event_key(2), crashed, new=True)
     assert _pointer(registry)["model_version"] == "m-a"
-    with caplog.at_level(logging.WARNING, logger="brain_tumor.store.registry"):
+
+
+def _forbid_writes(monkeypatch: pytest.MonkeyPatch, store: ObjectStore) -> None:
+    """Fail the test on any write to the store (every write method, on this instance)."""
+    def write(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"a reader wrote to the store: {args!r}")
+
+    for name in ("put", "put_new", "put_json", "put_parquet", "copy", "upload_file", "delete"):
+        monkeypatch.setattr(store, name, write)
+
+
+def test_champion_reports_a_stale_pointer_without_writing(registry, monkeypatch, caplog):
+    _crash_after_event(registry)
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING,
+                                                     logger="brain_tumor.store.registry"):
+        _forbid_writes(m, registry.store)
         assert registry.champion() == "m-b"
+        assert "champion pointer says m-a, the event log says m-b" in caplog.text
+        assert "brain-tumor registry repair" in caplog.text
+    assert _pointer(registry)["model_version"] == "m-a"  # left as it was
+    registry.store.delete(registry.pointer_key)
+    registry.store.put(registry.pointer_key, b"{not json")
+    with monkeypatch.context() as m:
+        _forbid_writes(m, registry.store)
+        assert registry.champion() == "m-b"  # corrupt pointer: the log still answers
+    assert registry.store.get(registry.pointer_key) == b"{not json"
+
+
+def test_repair_moves_a_stale_missing_or_corrupt_pointer(registry, monkeypatch, caplog):
+    _crash_after_event(registry)
+    with caplog.at_level(logging.WARNING, logger="brain_tumor.store.registry"):
+        assert registry.repair() == "m-b"
     assert "champion pointer says m-a" in caplog.text
-    assert _pointer(registry) | {"updated_at": ""} == {
-        "model_version": "m-b", "event": registry.event_key(2), "updated_at": ""}
+    pointer = _pointer(registry)
+    assert (pointer["model_version"], pointer["event"]) == ("m-b", registry.event_key(2))
     registry.store.delete(registry.pointer_key)  # missing pointer: recreated
-    assert registry.champion() == "m-b" == _pointer(registry)["model_version"]
+    assert registry.repair() == "m-b" == _pointer(registry)["model_version"]
     registry.store.put(registry.pointer_key, b"{not json")  # corrupt pointer: rewritten
-    assert registry.champion() == "m-b" == _pointer(registry)["model_version"]
+    assert registry.repair() == "m-b" == _pointer(registry)["model_version"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="brain_tumor.store.registry"):
-        assert registry.champion() == "m-b"
-    assert caplog.text == ""  # in agreement: no warning, no write
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING,
+                                                     logger="brain_tumor.store.registry"):
+        _forbid_writes(m, registry.store)  # in agreement: no write, no warning
+        assert registry.repair() == "m-b" and registry.champion() == "m-b"
+    assert caplog.text == ""
+
+
+def test_a_rejection_repairs_a_stale_pointer(registry):
+    _crash_after_event(registry)
+    registry.reject("m-c", reason="worse")
+    assert _pointer(registry)["model_version"] == "m-b"
+    assert _pointer(registry)["event"] == registry.event_key(2)
+
+
+def test_pointer_without_a_champion_is_ignored(registry, monkeypatch, caplog):
+    registry.store.put(registry.pointer_key, json.dumps({
+        "model_version": "m-a", "event": registry.event_key(1),
+        "updated_at": "2024-01-01T00:00:00+00:00"}).encode())
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING,
+                                                     logger="brain_tumor.store.registry"):
+        _forbid_writes(m, registry.store)
+        assert registry.champion() is None and registry.repair() is None
+    assert "the event log no champion" in caplog.text
 
 
 def _race_round(store: ObjectStore, settings: Settings, versions: list[str],

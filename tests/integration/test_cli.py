@@ -7,8 +7,9 @@ import pytest
 from brain_tumor.cli import build_parser, main
 from brain_tumor.settings import settings_to_env
 
-COMMANDS = ["storage", "synth", "upload", "submit", "batches", "exports", "ingest", "split", "train", "evaluate", "score",
-            "models", "registry", "datasets", "demo", "settings", "schemas"]
+COMMANDS = ["storage", "synth", "upload", "submit", "batches", "exports", "ingest", "split",
+            "train", "evaluate", "score", "models", "registry", "datasets", "demo", "settings",
+            "schemas"]
 
 
 def test_every_command_has_help(capsys):
@@ -98,16 +99,23 @@ def test_bad_settings_exit_2(monkeypatch, capsys):
     assert "image_size" in capsys.readouterr().err
 
 
-def test_registry_commands(cli_env, capsys):
-    from brain_tumor.steps import open_store
+def _model_records(store, settings, *versions: str) -> None:
+    """Bare model.json records, enough for the registry commands."""
+    from brain_tumor.store.modelstore import ModelStore
 
-    store = open_store(cli_env)
-    for version in ("m-aaa", "m-bbb"):
-        store.put_json(f"models/{version}/model.json", {
+    for version in versions:
+        store.put_json(ModelStore(store, settings).key(version, "model.json"), {
             "model_version": version, "dataset_version": "ds-1", "image_size": 32,
             "threshold": 0.5, "threshold_rule": "youden", "backbone": "tiny",
             "keras_backend": "tensorflow", "best_epochs": {}, "created_at": "2026-01-01T00:00:00",
             "code_version": "test"})
+
+
+def test_registry_commands(cli_env, capsys):
+    from brain_tumor.steps import open_store
+
+    store = open_store(cli_env)
+    _model_records(store, cli_env, "m-aaa", "m-bbb")
     assert main(["registry", "promote", "m-aaa"]) == 0
     assert main(["registry", "promote", "m-bbb", "--reason", "better"]) == 0
     assert main(["registry", "rollback"]) == 0
@@ -120,6 +128,29 @@ def test_registry_commands(cli_env, capsys):
     assert "no previous champion" in capsys.readouterr().err
     assert main(["registry", "show", "m-bbb"]) == 0
     assert "rolled_back" in capsys.readouterr().out
+
+
+def test_registry_repair_moves_a_pointer_left_behind(cli_env, capsys):
+    from brain_tumor.steps import open_store
+    from brain_tumor.store.registry import Registry
+
+    store = open_store(cli_env)
+    _model_records(store, cli_env, "m-aaa", "m-bbb")
+    assert main(["registry", "promote", "m-aaa"]) == 0
+    registry = Registry(store, cli_env)
+    behind = store.get(registry.pointer_key)  # the pointer as a crash after event 2 leaves it
+    assert main(["registry", "promote", "m-bbb"]) == 0
+    store.put(registry.pointer_key, behind)
+    capsys.readouterr()
+    assert main(["--json", "registry", "list"]) == 0  # a reader: reports, does not write
+    assert json.loads(capsys.readouterr().out)["champion"] == "m-bbb"
+    assert store.get(registry.pointer_key) == behind
+    assert main(["--json", "registry", "repair"]) == 0
+    assert json.loads(capsys.readouterr().out)["champion"] == "m-bbb"
+    assert store.get_json(registry.pointer_key)["model_version"] == "m-bbb"
+    with pytest.raises(SystemExit):
+        main(["registry", "--help"])
+    assert "repair" in capsys.readouterr().out
 
 
 def test_score_command_needs_a_champion_and_scores_with_one(trained, monkeypatch, tmp_path, capsys):

@@ -59,7 +59,8 @@ def test_manifest_relabels_from_masks_and_points_at_stored_bytes(tmp_path, setti
     mask = decode_mask(local.read_bytes())
     assert row.tumor_pixels == int((mask > 0).sum())
     ys, xs = np.nonzero(mask)
-    assert (row.bbox_y0, row.bbox_x0, row.bbox_y1, row.bbox_x1) == (ys.min(), xs.min(), ys.max(), xs.max())
+    assert (row.bbox_y0, row.bbox_x0, row.bbox_y1, row.bbox_x1) == (
+        ys.min(), xs.min(), ys.max(), xs.max())
     assert row.mask_sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
     image = decode_image(store.get(row.image_key))
     assert image.shape == (32, 32, 3) and row.institution == row.patient_id.split("_")[1]
@@ -113,7 +114,8 @@ def test_later_export_adds_patients_and_supersedes_changed_slices(tmp_path, sett
     folder.mkdir()
     src = root1 / fixed.patient_id / f"{fixed.patient_id}_{fixed.slice_index}.tif"
     (folder / src.name).write_bytes(src.read_bytes())
-    (folder / src.name.replace(".tif", "_mask.tif")).write_bytes(encode_tiff(np.zeros((32, 32), np.uint8)))
+    empty_mask = encode_tiff(np.zeros((32, 32), np.uint8))
+    (folder / src.name.replace(".tif", "_mask.tif")).write_bytes(empty_mask)
     upload_export(store, settings, root2)
     res = ingest_export(store, settings, "e2")
     v2 = res.dataset_version

@@ -1,4 +1,4 @@
-"""brain_tumor.scoring.study and brain_tumor.scoring.overlay: scoring incoming studies with the session's model."""
+"""brain_tumor.scoring (study, readers, writers, overlay): studies scored with the session model."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def test_score_good_study_writes_every_output(env, model, tmp_path, monkeypatch)
         pic = _png(store.get(out(f"overlays/{n}.png")))
         assert pic.shape == (256 + 2 * 22, 256, 3)
     assert _png(store.get(out("overview.png"))).ndim == 3
-    assert puts[-2:] == [out("summary.json"), ScoreStore(store, settings).done_key(mv, sid)]  # marker last
+    scores = ScoreStore(store, settings)
+    assert puts[-2:] == [out("summary.json"), scores.done_key(mv, sid)]  # marker last
     assert ScoreStore(store, settings).done_key(mv, sid) == f"scores/{mv}/_done/{sid}.json"
     assert set(result["timings"]) == {"read_s", "model_s", "write_s"}
     assert ScoreStore(store, settings).is_done(mv, sid)
@@ -180,7 +181,7 @@ def test_bad_slice_rejects_whole_study(env, model, tmp_path, bad, reason):
     assert record["reason"] == reason and record["study_id"] == sid
     assert record["model_version"] == model.version and record["detail"] and record["at"]
     assert record["files"] == [keys[-1]]  # the injected slice is number 4, after the 3 good ones
-    assert _listing(store, ScoreStore(store, settings).output_key(model.version, sid, "") + "/") == {}
+    assert ScoreStore(store, settings).output_names(model.version, sid) == []
     assert not ScoreStore(store, settings).is_done(model.version, sid)
     assert ScoreStore(store, settings).result(model.version, sid) is None
 
@@ -219,7 +220,7 @@ def test_empty_study_is_rejected(env, model):
     with pytest.raises(score.StudyRejected) as info:
         score.score_study(store, settings, model, "empty1")
     assert info.value.reason == "empty"
-    assert store.get_json(ScoreStore(store, settings).quarantine_key(model.version, "empty1"))["files"] == []
+    assert ScoreStore(store, settings).quarantine_record(model.version, "empty1")["files"] == []
     assert IncomingStore(store, settings).study_ids() == ["empty1"]
 
 

@@ -55,7 +55,8 @@ def test_training_again_is_a_no_op(trained, monkeypatch):
     import brain_tumor.ml.train as train_mod
 
     monkeypatch.setattr(train_mod, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
-    assert steps.train(settings, record["dataset_version"])["model_version"] == record["model_version"]
+    again = steps.train(settings, record["dataset_version"])
+    assert again["model_version"] == record["model_version"]
 
 
 def test_crash_before_model_json_leaves_nothing_visible(trained, monkeypatch):
