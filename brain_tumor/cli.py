@@ -93,6 +93,78 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _seal(args: argparse.Namespace, kind: str,
+          incomplete: Callable[[], dict[str, Any]],
+          seal: Callable[[str], tuple[dict[str, Any], bool]]) -> int:
+    """List the folders of a kind without a manifest, or seal the named ones (or --all)."""
+    from datetime import UTC, datetime
+
+    from brain_tumor.store.manifests import describe_incomplete
+
+    targets = list(dict.fromkeys(args.ids))
+    if args.all:
+        targets += [i for i in sorted(incomplete()) if i not in targets]
+    elif not targets:
+        now = datetime.now(UTC)
+        states = incomplete()
+        rows = [{"id": i, "files": s.files, "newest": s.newest} for i, s in sorted(states.items())]
+        _emit(args, rows, "\n".join(describe_incomplete(kind, i, s, now)
+                                    for i, s in sorted(states.items()))
+              or f"every {kind} folder has its manifest")
+        return 0
+    rows = []
+    for folder_id in targets:
+        record, written = seal(folder_id)
+        rows.append({"id": folder_id, "files": record["file_count"],
+                     "bytes": record["total_bytes"], "sealed": written})
+    _emit(args, rows, "\n".join(
+        f"{'sealed' if r['sealed'] else 'complete already:'} {kind} {r['id']}: {r['files']} "
+        f"file(s), {r['bytes']} bytes" for r in rows) or f"no {kind} folder without a manifest")
+    return 0
+
+
+def cmd_exports_seal(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.ingest.exports import incomplete_exports, seal_export
+
+    store = _store(settings)
+    return _seal(args, "export", lambda: incomplete_exports(store, settings),
+                 lambda export_id: seal_export(store, settings, export_id))
+
+
+
+def _add_seal(actions: Any, what: str, manifest: str, taker: str,
+              metavar: str) -> argparse.ArgumentParser:
+    """The ``seal`` sub-action of the exports and studies commands."""
+    help_ = (f"Complete {what} folders copied by another tool: write each one's manifest "
+             f"({manifest}) from what is stored, so {taker} takes it. Without ids, list the "
+             f"folders that have no manifest. Seal a folder only once the copy has finished.")
+    q = actions.add_parser("seal", help=help_, description=help_)
+    q.add_argument("ids", nargs="*", metavar=metavar)
+    q.add_argument("--all", action="store_true",
+                   help=f"seal every folder without a manifest (upgrade: {what} folders "
+                        f"uploaded before manifests existed)")
+    return q
+
+def cmd_studies(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from brain_tumor.store.incoming import IncomingStore
+
+    incoming = IncomingStore(_store(settings), settings)
+    if args.action == "seal":
+        return _seal(args, "study", incoming.incomplete, incoming.seal)
+    now = datetime.now(UTC)
+    rows = [{"study_id": sid, "complete": s.sealed, "files": s.files, "newest": s.newest,
+             "age_minutes": None if s.newest is None else
+             round((now - s.newest).total_seconds() / 60, 1)}
+            for sid, s in sorted(incoming.states().items())]
+    text = "\n".join(f"{r['study_id']:30} {'complete' if r['complete'] else 'INCOMPLETE':10} "
+                     f"{r['files']:5} file(s), newest {r['age_minutes']} minutes old"
+                     for r in rows)
+    _emit(args, rows, text or "no studies under incoming/")
+    return 0
+
+
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor.ingest.exports import upload_export
 
@@ -103,16 +175,40 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_exports(args: argparse.Namespace, settings: Settings) -> int:
-    from brain_tumor.ingest.exports import list_exports
+    from brain_tumor.ingest.exports import check_export_id, list_exports
     from brain_tumor.store.datasets import DatasetStore
 
     store = _store(settings)
-    ledger = DatasetStore(store, settings).ledger()
-    rows = [{"export_id": e, "dataset_version": ledger.get(e, {}).get("dataset_version")}
+    datasets = DatasetStore(store, settings)
+    if args.action == "reject":
+        from brain_tumor.ingest.run import reject_export
+
+        export_id = check_export_id(args.export_id)
+        if not reject_export(store, settings, export_id, f"by an operator: {args.reason}"):
+            entry = datasets.entry(export_id)
+            raise ValueError(f"export {export_id!r} " + (
+                "not found in storage" if entry is None else
+                f"is {entry['status']} in {entry['dataset_version']}: only an export not taken "
+                "in can be rejected"))
+        _emit(args, datasets.entry(export_id), f"export {export_id} rejected: {args.reason}")
+        return 0
+    if args.action == "retry":
+        export_id = check_export_id(args.export_id)
+        entry = datasets.clear_rejection(export_id)
+        _emit(args, {"export_id": export_id, "was": entry},
+              f"export {export_id} is new again (was rejected: {entry['reason']}); "
+              "`brain-tumor ingest --new` or the next nightly run takes it in")
+        return 0
+    entries = datasets.entries()
+    rows = [{"export_id": e, "status": entries.get(e, {}).get("status", "new"),
+             "dataset_version": entries.get(e, {}).get("dataset_version"),
+             "reason": entries.get(e, {}).get("reason")}
             for e in list_exports(store, settings)]
     if args.new:
-        rows = [r for r in rows if r["dataset_version"] is None]
-    text = "\n".join(f"{r['export_id']:30} {r['dataset_version'] or 'NEW'}" for r in rows)
+        rows = [r for r in rows if r["status"] in ("new", "rejected")]
+    text = "\n".join(f"{r['export_id']:30} {'NEW' if r['status'] == 'new' else r['status']:9} "
+                     f"{r['dataset_version'] or '-':15} {r['reason'] or ''}".rstrip()
+                     for r in rows)
     _emit(args, rows, text or "no exports")
     return 0
 
@@ -161,6 +257,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from brain_tumor import steps
 
     _use_backend(settings)
+    if args.json:  # Keras stays quiet (stdout is the JSON): each epoch is logged on stderr
+        logging.getLogger("brain_tumor.ml.train").setLevel(logging.INFO)
     record = steps.train(settings, args.dataset_version, verbose=0 if args.json else
                          (1 if sys.stdout.isatty() else 2))
     _emit(args, record, f"model version {record['model_version']} (dataset "
@@ -324,6 +422,18 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- parser ---
+class _ShowVersion(argparse.Action):
+    """``--version``: print the package version and the code version, then exit."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from brain_tumor.store.datasets import code_version
+
+        code = code_version()
+        print(f"brain-tumor {code.split('+', 1)[0]} (code version {code})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every subcommand explains itself with --help)."""
     parser = argparse.ArgumentParser(
@@ -335,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML settings file (else BRAIN_TUMOR_CONFIG)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--version", action=_ShowVersion, nargs=0,
+                        help="print the package version and the code version (the package "
+                             "version and a hash of the training sources), then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
@@ -362,22 +475,48 @@ def build_parser() -> argparse.ArgumentParser:
                         "shape_mismatch, nonbinary_mask, uint16, channels, bad_name, wrong_size")
     p.add_argument("--archive", help="also pack the export into this .zip/.tar/.tar.gz/.tar.xz")
 
-    p = add("upload", cmd_upload, "Upload a local export folder or archive to exports/ in S3.")
+    p = add("upload", cmd_upload, "Upload a local export folder or archive to exports/ in S3; a "
+                                  "folder's manifest is written last, and uploading the same "
+                                  "folder again resumes an interrupted upload.")
     p.add_argument("path")
     p.add_argument("--export-id", help="default: the folder or archive name")
 
     p = add("submit", cmd_submit, "Upload study folders (a patient's slice TIFFs; masks are "
-                                  "left out) to incoming/<study_id>/ for the scoring DAG.")
+                                  "left out) to incoming/<study_id>/ for the scoring DAG, each "
+                                  "study's manifest last; submitting a folder again resumes an "
+                                  "interrupted upload.")
     p.add_argument("folders", nargs="+", metavar="FOLDER")
     p.add_argument("--study-id", help="default: the folder name (only with one folder)")
+
+    p = add("studies", cmd_studies, "List the studies under incoming/ (complete or not); `seal "
+                                    "ID` completes a study folder copied by another tool.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    _add_seal(actions, "study", "incoming/<id>/_manifest.json", "scoring", "STUDY_ID")
 
     p = add("batches", cmd_batches, "Show the newest scoring batches (scores/batches/): studies "
                                     "scored, skipped, quarantined, failed, deferred, tumors.")
     p.add_argument("--limit", type=int, default=20)
 
     p = add("exports", cmd_exports,
-            "List the exports in S3 and the dataset version each went into.")
-    p.add_argument("--new", action="store_true", help="only exports not ingested yet")
+            "List the exports in S3 with their status (new, ingested, duplicate: added nothing, "
+            "rejected: not taken in, with the reason) and the dataset version each went into; "
+            "`reject ID --reason R` keeps an export out of every ingest, `retry ID` makes a "
+            "rejected export new again.")
+    p.add_argument("--new", action="store_true",
+                   help="only exports not taken in yet: new ones and rejected ones")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    help_ = ("Record an export as rejected: no ingest (`ingest --new`, the nightly run) takes "
+             "it in until it is retried. Refused for an export already taken in.")
+    q = actions.add_parser("reject", help=help_, description=help_)
+    q.add_argument("export_id", metavar="EXPORT_ID")
+    q.add_argument("--reason", required=True, help="why (kept in the ledger, shown by exports)")
+    help_ = ("Make a rejected export new again (after an operator's rejection, or once changed "
+             "settings such as max_quarantine_fraction would take it): the next `ingest --new` "
+             "or nightly run tries it again, and rejects it again if it is still bad.")
+    q = actions.add_parser("retry", help=help_, description=help_)
+    q.add_argument("export_id", metavar="EXPORT_ID")
+    _add_seal(actions, "export", "exports/<id>/_manifest.json", "ingest", "EXPORT_ID"
+              ).set_defaults(fn=cmd_exports_seal)
 
     p = add("ingest", cmd_ingest, "Ingest exports into a new dataset version: check every file, "
                                   "relabel from masks, quarantine bad files, merge, commit.")

@@ -34,7 +34,8 @@ from pydantic import (
 from brain_tumor.settings import CONFIG_ENV, ENV_PREFIX, Settings, SettingsError, _file_values
 
 #: ``Settings`` fields the DAG files read while they are parsed
-PARSE_FIELDS = ("scoring_schedule", "scoring_queue", "scoring_parallelism", "trainer",
+PARSE_FIELDS = ("scoring_schedule", "scoring_queue", "scoring_parallelism",
+                "scoring_chunk_size", "trainer",
                 "train_pool", "train_timeout_minutes", "retrain_dagrun_timeout_minutes",
                 "scoring_dagrun_timeout_minutes")
 #: cron presets Airflow accepts that croniter does not

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from brain_tumor.store.ids import MAX_KEY_BYTES, MAX_PREFIX_BYTES
 
 ENV_PREFIX = "BRAIN_TUMOR_"
+#: access key id and secret of the embedded S3 server (SeaweedFS on loopback, for development)
+EMBEDDED_S3_KEYS = ("brain-tumor", "brain-tumor-secret")
 CONFIG_ENV = "BRAIN_TUMOR_CONFIG"
 PREFIX_FIELDS = ("exports_prefix", "datasets_prefix", "ledger_prefix", "models_prefix",
                  "registry_prefix", "incoming_prefix", "scores_prefix", "blobs_prefix")
@@ -43,8 +45,12 @@ class Settings(BaseModel):
     )
     s3_bucket: str = Field("brain-tumor", description="Bucket that holds every object.")
     s3_region: str = "us-east-1"
-    s3_access_key_id: str = Field("brain-tumor", description="Access key (embedded default).")
-    s3_secret_access_key: SecretStr = Field(SecretStr("brain-tumor-secret"))
+    s3_access_key_id: str | None = Field(
+        None, description="Access key id, with s3_secret_access_key (both or neither); unset: "
+                          "boto3's default credential chain (AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance or pod role), or the "
+                          "embedded server's keys when the endpoint is the embedded server.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="Secret of the access key.")
     s3_root: str = Field("", description="Optional key prefix under which all prefixes live.")
     s3_max_attempts: int = Field(5, ge=1, description="Attempts per S3 call (retries on errors).")
     s3_connect_timeout_s: float = Field(5.0, gt=0)
@@ -74,6 +80,34 @@ class Settings(BaseModel):
     expected_slice_size: int | None = Field(
         None, ge=1, description="Reject slices whose height or width differs; unset accepts any."
     )
+    incomplete_after_minutes: float = Field(
+        60.0, ge=0, description="An export folder or incoming study without its manifest is "
+                                "never taken; once its newest file is this many minutes old it "
+                                "is reported (an upload killed, or a copy never sealed)."
+    )
+
+    # --- limits (hostile input: docs/reliability.md) ---
+    max_file_bytes: int = Field(
+        32 * 2**20, ge=1, description="Largest slice or mask file, in bytes: a bigger export file "
+                                      "or archive member is quarantined as too_large (its bytes "
+                                      "are not kept), a bigger incoming slice rejects its study.")
+    max_slice_pixels: int = Field(
+        2048 * 2048, ge=1, description="Most pixels (width x height, read from the TIFF header "
+                                       "before decoding) of one slice or mask; more is too_large.")
+    max_study_slices: int = Field(
+        512, ge=1, description="Most slices of one incoming study; more rejects it as "
+                               "too_many_slices before any slice is read.")
+    max_study_pixels: int = Field(
+        128 * 2**20, ge=1, description="Most pixels of all slices of one incoming study "
+                                       "together (3 bytes each once decoded); more rejects it as "
+                                       "too_large.")
+    max_extracted_bytes: int = Field(
+        4 * 2**30, ge=1, description="Most bytes one export archive may extract to; past it "
+                                     "extraction stops and the export is rejected.")
+    max_archive_ratio: float = Field(
+        100.0, ge=1, description="Most an export archive may extract to as a multiple of its "
+                                 "own size (once past max_file_bytes); past it extraction stops "
+                                 "and the export is rejected as an archive bomb.")
 
     # --- split ---
     split_train: float = Field(0.7, gt=0, lt=1)
@@ -150,7 +184,10 @@ class Settings(BaseModel):
         32, ge=1, description="Studies one scoring run takes on; a backlog is worked off over "
                               "several runs.")
     scoring_parallelism: int = Field(
-        2, ge=1, description="Studies scored at once within one run (mapped tasks).")
+        2, ge=1, description="Chunks of studies scored at once within one run (mapped tasks).")
+    scoring_chunk_size: int = Field(
+        8, ge=1, description="Studies one mapped score task takes on, one after the other: "
+                             "the model is loaded once per chunk.")
     rescore_window_days: float = Field(
         7.0, ge=0, description="After a champion change, studies that arrived within this many "
                                "days are re-scored with it; older scored studies keep their "
@@ -206,6 +243,35 @@ class Settings(BaseModel):
                     f"({self.s3_root + value!r:.80})")
         return self
 
+    @model_validator(mode="after")
+    def _check_s3_keys(self) -> Settings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            given = "s3_access_key_id" if self.s3_secret_access_key is None else \
+                "s3_secret_access_key"
+            raise ValueError(f"s3_access_key_id and s3_secret_access_key go together (set both, "
+                             f"or neither for boto3's default credential chain); received only "
+                             f"{given}")
+        return self
+
+    @property
+    def s3_is_embedded(self) -> bool:
+        """Whether the S3 endpoint is the embedded server (127.0.0.1 or localhost, its port)."""
+        url = (self.s3_endpoint_url or "").rstrip("/")
+        return url in (f"http://127.0.0.1:{self.embedded_s3_port}",
+                       f"http://localhost:{self.embedded_s3_port}")
+
+    def s3_keys(self) -> tuple[str, SecretStr] | None:
+        """The keys S3 requests are signed with; None: boto3's default credential chain.
+
+        The settings' own keys when set; unset, the embedded server's keys when the endpoint is
+        the embedded server (so it works out of the box), else None.
+        """
+        if self.s3_access_key_id is not None and self.s3_secret_access_key is not None:
+            return self.s3_access_key_id, self.s3_secret_access_key
+        if self.s3_is_embedded:
+            return EMBEDDED_S3_KEYS[0], SecretStr(EMBEDDED_S3_KEYS[1])
+        return None
+
     def key(self, prefix_field: str, *parts: str) -> str:
         """Full object key: ``s3_root`` + the named prefix + parts joined by '/'."""
         prefix = getattr(self, f"{prefix_field}_prefix")
@@ -238,7 +304,8 @@ _OPTIONAL_FIELDS = tuple(name for name, info in Settings.model_fields.items()
                          if type(None) in typing.get_args(info.annotation))
 #: fields whose values no message, log line or output shows
 SECRET_FIELDS = tuple(name for name, info in Settings.model_fields.items()
-                      if info.annotation is SecretStr)
+                      if info.annotation is SecretStr
+                      or SecretStr in typing.get_args(info.annotation))
 
 
 def _unknown(name: str) -> str:

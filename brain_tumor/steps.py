@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from brain_tumor.evaluation import catalog
-from brain_tumor.ingest.exports import list_exports
-from brain_tumor.ingest.run import ingest_export
+from brain_tumor.ingest.exports import export_states
+from brain_tumor.ingest.run import IngestError, ingest_exports
 from brain_tumor.ingest.split import SplitConfig, assign_split, split_counts
 from brain_tumor.settings import Settings
-from brain_tumor.store.datasets import DatasetStore
+from brain_tumor.store.datasets import REJECTED, DatasetStore
+from brain_tumor.store.manifests import describe_incomplete, overdue
 from brain_tumor.store.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -29,27 +30,56 @@ def open_store(settings: Settings) -> ObjectStore:
 
 
 def new_exports(settings: Settings) -> list[str]:
-    """Export ids in storage that the ledger has not seen, oldest name first."""
+    """Complete export ids in storage that the ledger has not seen (rejected ones are not new),
+    oldest name first. Folders without their manifest are left out and logged; those whose
+    newest file is older than ``incomplete_after_minutes`` with a warning."""
     store = open_store(settings)
-    done = DatasetStore(store, settings).ledger()
-    found = [e for e in list_exports(store, settings) if e not in done]
-    log.info("%d export(s) in storage, %d new: %s", len(done) + len(found), len(found), found)
+    entries = DatasetStore(store, settings).entries()
+    states = export_states(store, settings)
+    stored = sorted(e for e, state in states.items() if state.sealed)
+    incomplete = {e: state for e, state in states.items()
+                  if not state.sealed and e not in entries}  # ledger ones were taken already
+    if incomplete:
+        now = datetime.now(UTC)
+        late = overdue(incomplete, now, settings.incomplete_after_minutes)
+        log.info("%d incomplete export(s) (no manifest yet) left out: %s", len(incomplete),
+                 sorted(incomplete))
+        for export_id in late:
+            log.warning("%s for over %g minutes: not taken in (`brain-tumor upload` resumes "
+                        "an interrupted upload; `brain-tumor exports seal %s` completes a folder "
+                        "copied by another tool)",
+                        describe_incomplete("export", export_id, states[export_id], now),
+                        settings.incomplete_after_minutes, export_id)
+    found = [e for e in stored if e not in entries]
+    rejected = sorted(e for e in stored if entries.get(e, {}).get("status") == REJECTED)
+    log.info("%d export(s) in storage, %d new: %s", len(stored), len(found), found)
+    if rejected:
+        log.warning("%d rejected export(s) wait for `brain-tumor exports retry|reject`: %s",
+                    len(rejected), rejected)
     return found
 
 
 def ingest(settings: Settings, export_ids: list[str], progress: bool = False) -> dict[str, Any]:
-    """Ingest exports in order; returns the final dataset version and per-export results."""
-    store = open_store(settings)
-    results = []
-    version = None
-    for export_id in export_ids:
-        res = ingest_export(store, settings, export_id, progress=progress)
-        version = res.dataset_version
-        results.append({"export_id": export_id, "dataset_version": version,
-                        "already_ingested": res.already_ingested, **res.counts,
-                        "quarantine": res.quarantine[["path", "reason", "detail"]]
-                        .to_dict(orient="records")})
-    return {"dataset_version": version, "exports": results}
+    """Ingest exports in order; returns the final dataset version, per-export results and the
+    exports not taken in (``rejected``: export_id, reason, recorded in the ledger or not).
+
+    A bad export is recorded as rejected and the others go on; IngestError only when exports
+    were given and none of them could be taken in.
+    """
+    run = ingest_exports(open_store(settings), settings, export_ids, progress=progress)
+    rejected = [{"export_id": r.export_id, "reason": r.reason, "recorded": r.recorded}
+                for r in run.rejected]
+    if export_ids and not run.results:
+        raise IngestError(f"no export could be ingested ({len(rejected)} of {len(export_ids)} "
+                          "not taken in): " + "; ".join(f"{r['export_id']}: {r['reason']}"
+                                                        for r in rejected))
+    results = [{"export_id": res.export_id, "dataset_version": res.dataset_version,
+                "already_ingested": res.already_ingested, "status": res.status,
+                "note": res.note, **res.counts,
+                "quarantine": res.quarantine[["path", "reason", "detail"]]
+                .to_dict(orient="records")} for res in run.results]
+    version = run.results[-1].dataset_version if run.results else None
+    return {"dataset_version": version, "exports": results, "rejected": rejected}
 
 
 def split_config(settings: Settings) -> SplitConfig:
@@ -230,19 +260,39 @@ def plan_scoring(settings: Settings, now: datetime | None = None,
     return plan.as_dict()
 
 
-def score_one(settings: Settings, model_version: str, study_id: str) -> dict[str, Any]:
-    """Score one study; a rejected study is quarantined and reported, not raised."""
+def score_chunk(settings: Settings, model_version: str,
+                study_ids: list[str]) -> dict[str, Any]:
+    """Score a chunk of studies with one load of the model version.
+
+    Each study is all-or-nothing: a rejected one is quarantined and reported; one that fails
+    otherwise (a storage outage, say) is logged and listed under ``failed`` while the others go
+    on. Returns ``{"results": [...], "failed": [{"study_id", "error"}], "load_s": seconds}``.
+    """
+    import time
+
     from brain_tumor.ml.predict import load_model_version
     from brain_tumor.scoring.contracts import StudyRejected
-    from brain_tumor.scoring.study import score_study
+    from brain_tumor.scoring.study import build_pipeline
 
     store = open_store(settings)
-    model = load_model_version(store, settings, model_version)
-    try:
-        return score_study(store, settings, model, study_id)
-    except StudyRejected as exc:
-        return {"study_id": study_id, "status": "quarantined", "reason": exc.reason,
-                "detail": exc.detail}
+    clock = time.perf_counter()
+    pipeline = build_pipeline(store, settings, load_model_version(store, settings,
+                                                                  model_version))
+    load_s = time.perf_counter() - clock
+    results: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for study_id in study_ids:
+        try:
+            results.append(pipeline.score(study_id))
+        except StudyRejected as exc:
+            results.append({"study_id": study_id, "status": "quarantined",
+                            "reason": exc.reason, "detail": exc.detail})
+        except Exception as exc:  # reported per study; the task fails after the others
+            log.exception("study %s failed; the chunk goes on", study_id)
+            failed.append({"study_id": study_id, "error": f"{type(exc).__name__}: {exc}"})
+    log.info("chunk of %d studies with %s: model loaded in %.2fs, %d done, %d failed",
+             len(study_ids), model_version, load_s, len(results), len(failed))
+    return {"results": results, "failed": failed, "load_s": round(load_s, 4)}
 
 
 def finish_batch(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],

@@ -21,11 +21,14 @@ run `scores/batches/<run_id>.json`.
 1. **plan**: the champion (none yet: the run fails at once, without retries, saying so) and the
    due studies, oldest first, at most `BRAIN_TUMOR_SCORING_MAX_STUDIES_PER_RUN` (a backlog is
    worked off over several runs).
-2. **score**: one mapped task per study, at most `BRAIN_TUMOR_SCORING_PARALLELISM` at once, on
-   the `BRAIN_TUMOR_SCORING_QUEUE` Celery queue. A study with unusable slices is quarantined
-   (`scores/<champion>/quarantine/<study_id>.json`) and the others go on; a storage outage fails
-   the task with the endpoint and key in the message, and it is retried. A study is all or
-   nothing: a crash leaves no visible partial result, and a retry rewrites the same keys.
+2. **score**: one mapped task per chunk of `BRAIN_TUMOR_SCORING_CHUNK_SIZE` studies (default
+   8), at most `BRAIN_TUMOR_SCORING_PARALLELISM` at once, on the `BRAIN_TUMOR_SCORING_QUEUE`
+   Celery queue. Each Airflow task is its own process, so the model is loaded once per chunk
+   and its cost (with the task's start) is shared by the chunk's studies. A study with unusable
+   slices is quarantined (`scores/<champion>/quarantine/<study_id>.json`) and the others go on;
+   a study that fails otherwise (a storage outage) is reported and the chunk goes on, then the
+   task fails and is retried, skipping what is done. A study is all or nothing: a crash leaves
+   no visible partial result, and a retry rewrites the same keys.
 3. **summarize** (runs whatever happened upstream): writes the batch summary (planned, scored,
    skipped, quarantined, failed, deferred, tumors found, time spent reading / in the model /
    writing); fails the run if a study's task failed, after writing it.
@@ -41,9 +44,10 @@ Default params (`null`) are the scheduled run.
 
 ## Timeouts
 Every task has an `execution_timeout` (per try): `plan` and `summarize` 15 minutes, `score` 30
-minutes per study; a run still going after `BRAIN_TUMOR_SCORING_DAGRUN_TIMEOUT_MINUTES` (default
-180) is failed. Parsing reads only the settings of `brain_tumor.parse_settings` (schedule, queue,
-parallelism, timeouts); the tasks load the others when they run.
+minutes per study of its chunk; a run still going after
+`BRAIN_TUMOR_SCORING_DAGRUN_TIMEOUT_MINUTES` (default 180) is failed. Parsing reads only the
+settings of `brain_tumor.parse_settings` (schedule, queue, parallelism, chunk size, timeouts);
+the tasks load the others when they run.
 """
 
 from __future__ import annotations
@@ -68,8 +72,9 @@ from brain_tumor_airflow.assets import CHAMPION
 log = logging.getLogger(__name__)
 
 QUICK = timedelta(minutes=15)  # plan and summarize: listings and one small write
+PER_STUDY = timedelta(minutes=30)  # score: each study of a chunk may take this long
 DEFAULT_ARGS = {"owner": "brain-tumor", "retries": 2, "retry_delay": timedelta(minutes=2),
-                "execution_timeout": timedelta(minutes=30)}
+                "execution_timeout": PER_STUDY}
 PARAMS = {
     "study_ids": Param(
         None, type=["null", "array"], items={"type": "string", "minLength": 1}, minItems=1,
@@ -81,9 +86,10 @@ PARAMS = {
 
 
 def _settings() -> Any:
-    from brain_tumor.settings import load_settings
+    """The task's settings, with the S3 connection BRAIN_TUMOR_S3_CONN_ID resolved."""
+    from brain_tumor_airflow.storage import task_settings
 
-    return load_settings()
+    return task_settings()
 
 
 def _schedule(cron: str) -> AssetOrTimeSchedule:
@@ -102,12 +108,14 @@ def plan() -> list[dict[str, str]]:
     from airflow.sdk.exceptions import AirflowFailException
 
     from brain_tumor import steps
+    from brain_tumor.scoring.batch import chunks
     from brain_tumor.store.datasets import utc_now
     from brain_tumor.store.modelstore import ModelNotFound
 
     params = get_current_context()["params"]
+    settings = _settings()
     try:
-        batch = steps.plan_scoring(_settings(), study_ids=params["study_ids"],
+        batch = steps.plan_scoring(settings, study_ids=params["study_ids"],
                                    model_version=params["model_version"])
     except (steps.NoChampion, ModelNotFound, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
@@ -115,22 +123,36 @@ def plan() -> list[dict[str, str]]:
     if deferred:
         log.info("%d due studies wait for later runs (per-run cap), first: %s", len(deferred),
                  ", ".join(deferred[:10]))
-    get_current_context()["ti"].xcom_push(key="batch", value={**batch, "started_at": utc_now()})
-    if not batch["study_ids"]:
+    groups = chunks(batch["study_ids"], settings.scoring_chunk_size)
+    get_current_context()["ti"].xcom_push(key="batch", value={**batch, "chunks": len(groups),
+                                                              "started_at": utc_now()})
+    if not groups:
         log.info("no studies to score with %s", batch["model_version"])
-    return [{"model_version": batch["model_version"], "study_id": sid}
-            for sid in batch["study_ids"]]
+    return [{"model_version": batch["model_version"], "study_ids": group} for group in groups]
 
 
 @task
-def score(model_version: str, study_id: str) -> dict[str, Any]:
-    """Score one study with the pinned model version (quarantined if unusable)."""
+def score(model_version: str, study_ids: list[str]) -> list[dict[str, Any]]:
+    """Score a chunk of studies with one model load; fails after the others if one failed.
+
+    The per-study results go to the XCom key ``results`` before the task can fail, so the
+    summary counts what was scored; a retry skips the studies that are done.
+    """
+    from airflow.sdk.exceptions import AirflowException
+
     from brain_tumor import steps
 
-    result = steps.score_one(_settings(), model_version, study_id)
-    if result["status"] == "quarantined":
-        log.warning("study %s quarantined (%s): %s", study_id, result["reason"], result["detail"])
-    return result
+    chunk = steps.score_chunk(_settings(), model_version, study_ids)
+    get_current_context()["ti"].xcom_push(key="results", value=chunk["results"])
+    for result in chunk["results"]:
+        if result["status"] == "quarantined":
+            log.warning("study %s quarantined (%s): %s", result["study_id"], result["reason"],
+                        result["detail"])
+    if chunk["failed"]:
+        raise AirflowException(f"{len(chunk['failed'])} of {len(study_ids)} studies failed: "
+                               + "; ".join(f"{f['study_id']}: {f['error']}"
+                                           for f in chunk["failed"]))
+    return chunk["results"]
 
 
 @task(trigger_rule="all_done", on_success_callback=on_scoring_summary, execution_timeout=QUICK)
@@ -145,11 +167,13 @@ def summarize() -> dict[str, Any]:
     batch = ti.xcom_pull(task_ids="plan", key="batch")
     if batch is None:
         raise AirflowFailException("no batch to summarize: the plan task failed (see its log)")
-    planned = len(batch["study_ids"])
-    results = ti.xcom_pull(task_ids="score", map_indexes=list(range(planned))) if planned else []
+    mapped = batch["chunks"]
+    pulled = (ti.xcom_pull(task_ids="score", key="results", map_indexes=list(range(mapped)))
+              if mapped else [])
+    results = [r for chunk in pulled if chunk for r in chunk]
     run = context["dag_run"]
     run_type = getattr(run.run_type, "value", run.run_type)
-    summary = steps.finish_batch(_settings(), batch, [r for r in results if r], run.run_id,
+    summary = steps.finish_batch(_settings(), batch, results, run.run_id,
                                  batch["started_at"], str(run_type))
     if summary["failed"]:
         scoring_quarantine(summary)  # the success callback will not run: alert here
@@ -160,7 +184,7 @@ def summarize() -> dict[str, Any]:
 
 # only what the DAG's shape needs; the tasks load the other settings when they run
 PARSED = load_parse_settings(("scoring_schedule", "scoring_queue", "scoring_parallelism",
-                              "scoring_dagrun_timeout_minutes"))
+                              "scoring_chunk_size", "scoring_dagrun_timeout_minutes"))
 
 
 @dag(
@@ -180,7 +204,8 @@ def batch_score() -> None:
     """The batch scoring pipeline (see the module docstring)."""
     studies = plan()
     scored = score.override(queue=PARSED.scoring_queue,
-                            max_active_tis_per_dagrun=PARSED.scoring_parallelism
+                            max_active_tis_per_dagrun=PARSED.scoring_parallelism,
+                            execution_timeout=PER_STUDY * PARSED.scoring_chunk_size,
                             ).expand_kwargs(studies)
     summary = summarize()
     studies >> scored >> summary

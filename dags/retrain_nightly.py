@@ -12,7 +12,8 @@ has not seen (`exports/<export_id>/` folders or archives) and, if there are any:
 4. **train**: `brain-tumor train` in the trainer image through `DockerOperator` on the GPU host
    (`BRAIN_TUMOR_TRAINER=docker`) or as a local process (`local`, the embedded default), in the
    pool `BRAIN_TUMOR_TRAIN_POOL` sized to the GPUs. The model version id follows from the dataset
-   version and the training settings, so a retried task does not train twice.
+   version, the training settings and the code version, so a retried task does not train twice
+   and a code upgrade trains anew (the trainer image must carry the workers' code).
 5. **evaluate**: the candidate on the dataset's test patients (threshold from validation).
 6. **champion**: the current champion, re-evaluated on the *candidate's* test patients.
 7. **gate**: floors and no regression against that champion; every check is stored in
@@ -70,9 +71,10 @@ PARAMS = {
 
 
 def _settings() -> Any:
-    from brain_tumor.settings import load_settings
+    """The task's settings, with the S3 connection BRAIN_TUMOR_S3_CONN_ID resolved."""
+    from brain_tumor_airflow.storage import task_settings
 
-    return load_settings()
+    return task_settings()
 
 
 @task.short_circuit(execution_timeout=QUICK)

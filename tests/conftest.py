@@ -23,6 +23,11 @@ from brain_tumor.settings import Settings, load_settings, settings_to_env
 from brain_tumor.store.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
+#: keys the tests sign moto requests with (moto accepts any; SeaweedFS tests use the server's)
+MOTO_KEYS = {"s3_access_key_id": "moto-test", "s3_secret_access_key": "moto-test-secret"}
+#: where boto3's default credential chain would look outside the settings
+AWS_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                            "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 #: fixtures that start a server or train a model: never in tests/unit/
 SERVICE_FIXTURES = frozenset({"moto_endpoint", "seaweed", "trained", "evaluated", "airflow_db"})
 
@@ -42,6 +47,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in list(os.environ):
         if name.startswith("BRAIN_TUMOR_"):
             del os.environ[name]
+    # nor the developer's AWS credentials: a test signs with the keys it gives
+    for name in AWS_CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(home / "no-aws-credentials")
+    os.environ["AWS_CONFIG_FILE"] = str(home / "no-aws-config")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -102,7 +113,7 @@ def make_settings(moto_endpoint: str, tmp_path: Path) -> Callable[..., Settings]
 
     def make(**overrides: object) -> Settings:
         values: dict = {"s3_endpoint_url": moto_endpoint, "s3_bucket": f"t-{uuid.uuid4().hex[:16]}",
-                        "home": tmp_path / "home", "io_workers": 4}
+                        "home": tmp_path / "home", "io_workers": 4, **MOTO_KEYS}
         values.update(overrides)
         return load_settings(env={}, **values)
 
@@ -141,7 +152,7 @@ def trained(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
 
     home = tmp_path_factory.mktemp("trained-home")
     settings = load_settings(env={}, s3_endpoint_url=moto_endpoint, s3_bucket="trained-session",
-                             home=home, **TINY_TRAINING)
+                             home=home, **MOTO_KEYS, **TINY_TRAINING)
     root = make_export(home / "export", SynthSpec(patients=10, slices=6, size=32, seed=3,
                                                   tumor_free_patients=1)).root
     upload_export(steps.open_store(settings), settings, root, export_id="e1")

@@ -8,6 +8,10 @@ drops a few synthetic studies (one with a corrupt slice) into ``incoming/``, run
 ``<home>/results/<model>/<study>/``. Airflow runs as a subprocess:
 this module only sets its environment. Re-running is safe: an export already uploaded is not
 uploaded again, and the DAG then finds nothing new and ends early.
+
+While a DAG runs, its output is read line by line: every line goes to ``<home>/demo-airflow.log``
+and ``DagTestProgress`` turns the lines that matter into progress on the terminal: each task as
+it starts and ends (with its state and duration), each finished training epoch, and the run's end.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from brain_tumor import steps
@@ -96,7 +103,7 @@ class DemoPaths:
 
 def default_dags_folder() -> Path:
     """The repository's dags/ folder (beside the package in a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "dags"
+    return Path(__file__).resolve().parents[2] / "dags"
 
 
 def airflow_env(settings: Settings, airflow_home: Path, dags_folder: Path) -> dict[str, str]:
@@ -116,7 +123,94 @@ def airflow_env(settings: Settings, airflow_home: Path, dags_folder: Path) -> di
     return env
 
 
-def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:?\d\d)?\s")
+_TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(?P<task>\S+) map_index=(?P<map>-?\d+)")
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(?P<task>\S+) map_index=(?P<map>-?\d+)")
+_TASK_STATE = re.compile(r"Task instance state updated\b.*\bnew_state=(?P<state>\w+)")
+_EPOCH = re.compile(r"\b(?P<phase>classifier_finetune|classifier|segmenter) epoch "
+                    r"(?P<n>\d+)/(?P<total>\d+|\?)(?::\s*(?P<metrics>[^\[]*?))?\s*(?:\[|$)")
+_KERAS_EPOCH = re.compile(r"(?:^|\]\s|\s)Epoch (?P<n>\d+)/(?P<total>\d+)\s*(?:\[|$)")
+_RUN_END = re.compile(r"DagRun Finished: dag_id=(?P<dag>[^,\s]+),.*?\brun_duration=(?P<secs>[\d.]+)"
+                      r",.*?\bstate=(?P<state>\w+)")
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: '4.2s', '3m07s', '1h02m'."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _stamp(line: str) -> float | None:
+    """The line's leading ISO 8601 time (Airflow's log format) in seconds, or None."""
+    match = _STAMP.match(line)
+    if match is None:
+        return None
+    zone = match.group(2) or "+00:00"
+    try:
+        return datetime.fromisoformat(match.group(1) + ("+00:00" if zone == "Z" else zone)) \
+            .timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class DagTestProgress:
+    """Turns ``airflow dags test`` output, line by line, into progress lines for people.
+
+    Reads Airflow's ``[DAG TEST] starting``/``end task`` lines, the task's final state, the
+    ``DagRun Finished`` line, and the training's epoch lines (``<phase> epoch n/N: ...`` logged
+    by the train step, or Keras' ``Epoch n/N``). Durations come from the lines' own time stamps,
+    or from ``now`` for lines without one.
+    """
+
+    started: dict[str, float] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+    current: str | None = None
+
+    def feed(self, line: str, now: float) -> list[str]:
+        """The progress lines (possibly none) that one output line gives."""
+        line = _ANSI.sub("", line.rstrip("\n"))
+        at = _stamp(line) or now
+        if match := _TASK_START.search(line):
+            name = _task_name(match)
+            self.started[name], self.current = at, name
+            self.states.pop(name, None)
+            return [f"  task {name} started"]
+        if match := _TASK_END.search(line):
+            name = _task_name(match)
+            began = self.started.pop(name, None)
+            state = self.states.pop(name, "ended")
+            self.current = None
+            took = f" in {format_duration(max(at - began, 0.0))}" if began is not None else ""
+            return [f"  task {name} finished: {state}{took}"]
+        if (match := _TASK_STATE.search(line)) and self.current is not None:
+            self.states[self.current] = match.group("state")
+            return []
+        if match := _EPOCH.search(line):
+            metrics = (match.group("metrics") or "").strip()
+            return [f"    {match.group('phase')} epoch {match.group('n')}/{match.group('total')}"
+                    + (f": {metrics}" if metrics else "")]
+        if match := _KERAS_EPOCH.search(line):
+            return [f"    epoch {match.group('n')}/{match.group('total')}"]
+        if match := _RUN_END.search(line):
+            took = format_duration(float(match.group("secs")))
+            return [f"  DAG {match.group('dag')} finished: {match.group('state')} in {took}"]
+        return []
+
+
+def _task_name(match: re.Match) -> str:
+    index = int(match.group("map"))
+    return match.group("task") if index < 0 else f"{match.group('task')}[{index}]"
+
+
+def _airflow(args: list[str], env: dict[str, str], log_file: Path,
+             progress: DagTestProgress | None = None) -> None:
+    """Run an airflow command; its whole output goes to log_file, progress lines to stdout."""
     exe = shutil.which("airflow", path=env["PATH"])
     if exe is None:
         raise DemoError("the `airflow` command is missing: install the project with its "
@@ -124,17 +218,17 @@ def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
     with log_file.open("a") as fh:
         fh.write(f"\n$ airflow {' '.join(args)}\n")
         fh.flush()
-        proc = subprocess.run([exe, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                              check=False)
+        with subprocess.Popen([exe, *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", bufsize=1) as proc:
+            for line in proc.stdout or ():
+                fh.write(line)
+                fh.flush()
+                for shown in progress.feed(line, time.time()) if progress else ():
+                    print(shown, flush=True)
     if proc.returncode != 0:
         raise DemoError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); "
                         f"see {log_file}")
-
-
-def _is_embedded(settings: Settings) -> bool:
-    url = settings.s3_endpoint_url or ""
-    return url.rstrip("/") in (f"http://127.0.0.1:{settings.embedded_s3_port}",
-                               f"http://localhost:{settings.embedded_s3_port}")
 
 
 def prepare_export(settings: Settings, paths: DemoPaths, profile: str,
@@ -207,7 +301,7 @@ def run_demo(settings: Settings, profile: str = "small", export: Path | None = N
     settings = profile_settings(settings, profile)
     paths = DemoPaths(settings.home_dir)
     paths.home.mkdir(parents=True, exist_ok=True)
-    if _is_embedded(settings):
+    if settings.s3_is_embedded:
         embedded_s3.from_settings(settings).start()
     export_id = prepare_export(settings, paths, profile, export)
     dags = dags_folder or default_dags_folder()
@@ -216,11 +310,11 @@ def run_demo(settings: Settings, profile: str = "small", export: Path | None = N
     paths.airflow_home.mkdir(parents=True, exist_ok=True)
     env = airflow_env(settings, paths.airflow_home, dags)
     log_file = paths.home / "demo-airflow.log"
-    print(f"running the retrain_nightly DAG (Airflow log: {log_file}) ...", flush=True)
+    print(f"running the retrain_nightly DAG (full Airflow log: {log_file}) ...", flush=True)
     _airflow(["db", "migrate"], env, log_file)
     _airflow(["pools", "set", settings.train_pool, "1", "GPUs (or CPU slots) for training"], env,
              log_file)
-    _airflow(["dags", "test", "retrain_nightly"], env, log_file)
+    _airflow(["dags", "test", "retrain_nightly"], env, log_file, DagTestProgress())
     datasets = DatasetStore(steps.open_store(settings), settings)
     head = datasets.head().version
     summary = {"export_id": export_id, "dataset_version": head,
@@ -246,7 +340,7 @@ def run_demo(settings: Settings, profile: str = "small", export: Path | None = N
     if summary["champion"]:
         study_ids = prepare_studies(settings, paths, profile)
         print(f"running the batch_score DAG on {len(study_ids)} studies ...", flush=True)
-        _airflow(["dags", "test", "batch_score"], env, log_file)
+        _airflow(["dags", "test", "batch_score"], env, log_file, DagTestProgress())
         summary["scoring"] = {"model_version": summary["champion"],
                               "studies": fetch_results(settings, paths, summary["champion"],
                                                        study_ids)}

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from brain_tumor.settings import EMBEDDED_S3_KEYS
+
 log = logging.getLogger(__name__)
 
 
@@ -69,8 +71,8 @@ class EmbeddedS3:
     data_dir: Path
     port: int = 8333
     port_base: int = 19300
-    access_key: str = "brain-tumor"
-    secret_key: str = "brain-tumor-secret"
+    access_key: str = EMBEDDED_S3_KEYS[0]
+    secret_key: str = EMBEDDED_S3_KEYS[1]
     bucket: str = "brain-tumor"
     host: str = "127.0.0.1"
 
@@ -197,12 +199,14 @@ class EmbeddedS3:
 
 
 def from_settings(settings) -> EmbeddedS3:  # noqa: ANN001 - Settings, imported lazily
-    """The embedded server the settings describe."""
+    """The embedded server the settings describe, with the keys their client signs with."""
+    keys = settings.s3_keys()
+    access_key, secret_key = (keys[0], keys[1].get_secret_value()) if keys else EMBEDDED_S3_KEYS
     return EmbeddedS3(
         data_dir=settings.home_dir / "s3",
         port=settings.embedded_s3_port,
         port_base=settings.embedded_s3_port_base,
-        access_key=settings.s3_access_key_id,
-        secret_key=settings.s3_secret_access_key.get_secret_value(),
+        access_key=access_key,
+        secret_key=secret_key,
         bucket=settings.s3_bucket,
     )

@@ -2,25 +2,36 @@
 
 Pure steps (pairing files, checking one slice, per-patient sizes, merging with the parent
 manifest) sit beside ``ingest_export``, which reads the export (through ``_check_pairs``) and
-writes the version. A failed run writes no version and leaves HEAD and the ledger untouched.
+writes the version. A failed run writes no version and leaves HEAD and the ledger untouched;
+``ingest_exports`` takes several in order and records a bad one as rejected in the ledger, so
+the others (and later runs) go on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from tqdm import tqdm
 
-from brain_tumor.ingest.exports import ExportError, ExportFiles, export_fingerprint, open_export
-from brain_tumor.ingest.imaging import SliceError, decode_image, decode_mask
+from brain_tumor.ingest.exports import (
+    BadExport,
+    ExportError,
+    ExportFiles,
+    export_fingerprint,
+    open_export,
+)
+from brain_tumor.ingest.imaging import MIN_SLICE_SIZE, SliceError, decode_image, decode_mask
 from brain_tumor.ingest.labels import relabel
 from brain_tumor.ingest.naming import (
     BadName,
@@ -30,15 +41,44 @@ from brain_tumor.ingest.naming import (
     parse_slice_path,
 )
 from brain_tumor.settings import Settings
-from brain_tumor.store.datasets import DatasetStore, code_version, utc_now, version_id
+from brain_tumor.store.datasets import (
+    DUPLICATE,
+    INGESTED,
+    REJECTED,
+    DatasetStore,
+    code_version,
+    utc_now,
+    version_id,
+)
 from brain_tumor.store.schemas import SCHEMAS
 from brain_tumor.store.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: name prefix of an ingest's work folder under ``<home>/tmp/`` (extracted archives)
+WORKDIR_PREFIX = "brain-tumor-ingest-"
+#: a work folder older than this whose process is gone is left over by a killed ingest
+STALE_WORKDIR_SECONDS = 3600
+#: the longest rejection reason kept in the ledger
+MAX_REASON_CHARS = 2000
+
 
 class IngestError(RuntimeError):
     """The ingest failed as a whole (empty export, too many rejects); nothing was written."""
+
+
+class TooManyRejects(IngestError):
+    """More of the export was rejected than ``max_quarantine_fraction`` allows, or no slice at
+    all was accepted; ``counts`` says what was seen."""
+
+    def __init__(self, message: str, counts: dict[str, int]) -> None:
+        super().__init__(message)
+        self.counts = counts
+
+
+class ExportRejected(IngestError):
+    """The export is recorded as rejected in the ledger; ``brain-tumor exports retry`` clears
+    that."""
 
 
 @dataclass
@@ -63,6 +103,26 @@ class IngestResult:
     already_ingested: bool
     counts: dict[str, int]
     quarantine: pd.DataFrame = field(repr=False)
+    #: ingested (the version lists the export) or duplicate (it added nothing; see ``note``)
+    status: str = INGESTED
+    note: str | None = None
+
+
+@dataclass
+class Rejection:
+    """An export that was not taken in, and why; ``recorded`` when the ledger says rejected."""
+
+    export_id: str
+    reason: str
+    recorded: bool
+
+
+@dataclass
+class IngestRun:
+    """What ``ingest_exports`` did with each export it was given."""
+
+    results: list[IngestResult]
+    rejected: list[Rejection]
 
 
 def _empty(name: str) -> pd.DataFrame:
@@ -81,9 +141,9 @@ def reject(export_id: str, path: str, reason: str, detail: str, patient_id: str 
 
 
 def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]]:
-    """Pair images with masks by name; unpaired and badly named files go to the quarantine."""
-    images: dict[tuple[str, int], tuple[str, SliceName]] = {}
-    masks: dict[tuple[str, int], tuple[str, SliceName]] = {}
+    """Pair each image with the mask in its own folder; badly named and unpaired files go to the
+    quarantine, and so does every copy of a slice that is in more than one file or folder."""
+    slots: dict[tuple[str, int], list[tuple[str, SliceName]]] = {}
     rejects: list[dict] = []
     for path in sorted(paths):
         if not is_slice_file(path):
@@ -95,31 +155,40 @@ def pair_files(export_id: str, paths: list[str]) -> tuple[list[Pair], list[dict]
         except BadName as exc:
             rejects.append(reject(export_id, path, "bad_name", str(exc)))
             continue
-        slot = (name.patient_id, name.slice_index)
-        target = masks if name.is_mask else images
-        if slot in target:
-            rejects.append(reject(export_id, path, "bad_name", f"duplicate of {target[slot][0]}",
-                                  name.patient_id, name.slice_index))
-            continue
-        target[slot] = (path, name)
+        slots.setdefault((name.patient_id, name.slice_index), []).append((path, name))
     pairs = []
-    for slot, (path, name) in sorted(images.items()):
-        if slot not in masks:
-            rejects.append(reject(export_id, path, "missing_mask",
+    for slot, files in sorted(slots.items()):
+        images = [(p, n) for p, n in files if not n.is_mask]
+        masks = [p for p, n in files if n.is_mask]
+        if len(images) > 1 or len(masks) > 1 or len({PurePosixPath(p).parent
+                                                      for p, _ in files}) > 1:
+            rejects += duplicate_rejects(export_id, slot, [p for p, _ in files])
+        elif not masks:
+            rejects.append(reject(export_id, images[0][0], "missing_mask",
                                   "image has no _mask.tif beside it", *slot))
-            continue
-        pairs.append(Pair(name.patient_id, name.institution, name.acquisition_date,
-                          name.slice_index, path, masks.pop(slot)[0]))
-    for slot, (path, _) in sorted(masks.items()):
-        rejects.append(reject(export_id, path, "missing_image", "mask has no image beside it",
-                              *slot))
+        elif not images:
+            rejects.append(reject(export_id, masks[0], "missing_image",
+                                  "mask has no image beside it", *slot))
+        else:
+            (path, name), = images
+            pairs.append(Pair(name.patient_id, name.institution, name.acquisition_date,
+                              name.slice_index, path, masks[0]))
     return pairs, rejects
 
 
-def check_slice(image_bytes: bytes, mask_bytes: bytes) -> dict:
-    """Decode and relabel one slice: manifest fields, or SliceError with the reason."""
-    image = decode_image(image_bytes)
-    mask = decode_mask(mask_bytes)
+def duplicate_rejects(export_id: str, slot: tuple[str, int], paths: list[str]) -> list[dict]:
+    """One ``duplicate_slice`` row per file of a slice found more than once, naming the others."""
+    shown = ", ".join(f"{p!r:.300}" for p in paths[:6]) + (" ..." if len(paths) > 6 else "")
+    detail = (f"slice {slot[1]} of {slot[0]} is in {len(paths)} files ({shown}); which is right "
+              "cannot be told, none is used")
+    return [reject(export_id, p, "duplicate_slice", detail, *slot) for p in paths]
+
+
+def check_slice(image_bytes: bytes, mask_bytes: bytes, max_pixels: int | None = None) -> dict:
+    """Decode and relabel one slice: manifest fields, or SliceError with the reason (files over
+    max_pixels by their TIFF header are not decoded: ``too_large``)."""
+    image = decode_image(image_bytes, MIN_SLICE_SIZE, max_pixels)
+    mask = decode_mask(mask_bytes, MIN_SLICE_SIZE, max_pixels)
     if image.shape[:2] != mask.shape:
         raise SliceError("shape_mismatch", f"image is {image.shape[0]}x{image.shape[1]}, mask is "
                                            f"{mask.shape[0]}x{mask.shape[1]}")
@@ -207,13 +276,30 @@ class _Worker:
             self.store.put_new(key, data, content_type="image/tiff")
         return key
 
+    def too_large(self, pair: Pair, path: str, size: int) -> dict | None:
+        """The quarantine row of a file over max_file_bytes (reason and size, no bytes kept)."""
+        limit = self.settings.max_file_bytes
+        if size <= limit:
+            return None
+        return reject(self.files.export_id, path, "too_large",
+                      f"{size:,} bytes, over the limit of {limit:,} bytes (max_file_bytes); not "
+                      f"read", pair.patient_id, pair.slice_index)
+
     def __call__(self, pair: Pair) -> tuple[dict | None, list[dict]]:
         eid = self.files.export_id
+        paths = (pair.image_path, pair.mask_path)
+        listed = [self.too_large(pair, p, self.files.sizes.get(p, 0)) for p in paths]
+        if any(listed):
+            return None, [r for r in listed if r]
         image = self.files.loaders[pair.image_path]()
         mask = self.files.loaders[pair.mask_path]()
+        read = [self.too_large(pair, p, len(data)) for p, data in zip(paths, (image, mask),
+                                                                       strict=True)]
+        if any(read):  # grown since it was listed
+            return None, [r for r in read if r]
         image_sha, mask_sha = hashlib.sha256(image).hexdigest(), hashlib.sha256(mask).hexdigest()
         try:
-            fields = check_slice(image, mask)
+            fields = check_slice(image, mask, self.settings.max_slice_pixels)
         except SliceError as exc:
             bad_path, bad_sha, bad = ((pair.mask_path, mask_sha, mask) if exc.part == "mask" else
                                       (pair.image_path, image_sha, image))
@@ -229,10 +315,12 @@ class _Worker:
 
 def _already_ingested(datasets: DatasetStore, entry: dict, export_id: str) -> IngestResult:
     """The result of the earlier ingest of an unchanged export (nothing is written)."""
-    log.info("export %s was ingested already into %s", export_id, entry["dataset_version"])
+    log.info("export %s was ingested already into %s (%s)", export_id, entry["dataset_version"],
+             entry["status"])
     quarantine = datasets.quarantine(entry["dataset_version"])
     return IngestResult(export_id, entry["dataset_version"], None, True, entry["counts"],
-                        quarantine[quarantine["export_id"] == export_id])
+                        quarantine[quarantine["export_id"] == export_id], entry["status"],
+                        entry["reason"])
 
 
 def _check_pairs(store: ObjectStore, settings: Settings, files: ExportFiles, pairs: list[Pair],
@@ -251,20 +339,26 @@ def _check_pairs(store: ObjectStore, settings: Settings, files: ExportFiles, pai
     return rows, rejects
 
 
-def _check_quarantine_share(export_id: str, rejects: list[dict], items: int,
-                            max_fraction: float) -> None:
-    """Log the quarantined items; IngestError if more than max_fraction of them were rejected."""
+def _check_quarantine_share(export_id: str, rejects: list[dict], accepted: int,
+                            max_fraction: float, counts: dict[str, int]) -> None:
+    """Log the quarantined items; TooManyRejects if more than max_fraction of them were
+    rejected or none was accepted."""
+    items = accepted + len(rejects)
     share = len(rejects) / items if items else 1.0
     for r in rejects:
         log.info("quarantined %s/%s: %s (%s)", export_id, r["path"], r["reason"], r["detail"])
     if rejects:
         log.warning("export %s: %d item(s) quarantined: %s", export_id, len(rejects),
                     dict(Counter(r["reason"] for r in rejects)))
-    if share > max_fraction:
+    if share > max_fraction or not accepted:
         reasons = Counter(r["reason"] for r in rejects).most_common()
-        raise IngestError(f"export {export_id}: {len(rejects)} of {items} items rejected "
-                          f"({share:.0%} > max_quarantine_fraction "
-                          f"{max_fraction:.0%}); reasons {reasons}; nothing written")
+        examples = "; ".join(f"{r['path']!r:.200}: {r['reason']} ({r['detail']:.200})"
+                             for r in rejects[:3])
+        what = (f"{share:.0%} > max_quarantine_fraction {max_fraction:.0%}" if accepted
+                else "no slice accepted")
+        raise TooManyRejects(f"export {export_id}: {len(rejects)} of {items} items rejected "
+                             f"({what}); reasons {reasons}; e.g. {examples}; nothing written",
+                             counts)
 
 
 def _merged_quarantine(datasets: DatasetStore, parent: str | None, export_id: str,
@@ -288,33 +382,82 @@ def _version_record(version: str, parent: str | None, exports: list[str],
                        "quarantined": len(quarantine), "changed": len(changes)}}
 
 
+def workdir_root(settings: Settings) -> Path:
+    """The folder ingest work folders live in (``<home>/tmp``), created."""
+    root = settings.home_dir / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the process named in a work folder's name (prefix + pid) runs on this machine."""
+    pid = folder.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or not 0 < int(pid) < 2**31:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_workdirs(root: Path, max_age_s: float = STALE_WORKDIR_SECONDS) -> list[Path]:
+    """Remove work folders of killed ingests under root: older than max_age_s and their process
+    gone. Returns the folders removed."""
+    removed = []
+    now = time.time()
+    for folder in sorted(root.glob(WORKDIR_PREFIX + "*")):
+        try:
+            age = now - folder.stat().st_mtime
+        except FileNotFoundError:  # its own ingest just finished
+            continue
+        if age <= max_age_s or _owner_alive(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s, left by an ingest that did not finish (%.1f h old)", folder,
+                    age / 3600)
+        removed.append(folder)
+    return removed
+
+
 def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
                   progress: bool = False) -> IngestResult:
-    """Ingest one export into a new dataset version (idempotent: a re-run changes nothing)."""
+    """Ingest one export into a new dataset version (idempotent: a re-run changes nothing).
+
+    Raises BadExport / TooManyRejects for an export that cannot be taken in, ExportRejected for
+    one the ledger says is rejected; writes nothing then (``ingest_exports`` records them).
+    """
     datasets = DatasetStore(store, settings)
-    ledger = datasets.ledger()
+    entry = datasets.entry(export_id)
+    if entry is not None and entry["status"] == REJECTED:
+        raise ExportRejected(f"export {export_id} was rejected ({entry['reason']}); after fixing "
+                             f"the cause run `brain-tumor exports retry {export_id}`")
     head = datasets.head()
     fingerprint = export_fingerprint(store, settings, export_id)
-    if export_id in ledger and ledger[export_id]["fingerprint"] == fingerprint:
-        return _already_ingested(datasets, ledger[export_id], export_id)
-    with tempfile.TemporaryDirectory(prefix="brain-tumor-ingest-") as tmp:
+    if entry is not None and entry["fingerprint"] == fingerprint:
+        return _already_ingested(datasets, entry, export_id)
+    root = workdir_root(settings)
+    clean_stale_workdirs(root)
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=root) as tmp:
         files = open_export(store, settings, export_id, Path(tmp))
-        if export_id in ledger:
+        if entry is not None:
             raise IngestError(f"export {export_id} changed since it was ingested into "
-                              f"{ledger[export_id]['dataset_version']}; upload changes as a "
-                              "new export")
+                              f"{entry['dataset_version']}; upload changes as a new export")
         pairs, rejects = pair_files(export_id, list(files.loaders))
+        rejects = [reject(export_id, *item) for item in files.skipped] + rejects
         if not pairs and not rejects:
-            raise ExportError(f"export {export_id} at {files.source} holds no slice files")
+            raise BadExport(f"export {export_id} at {files.source} holds no slice files")
         base = datasets.manifest(head.version) if head.version else None
         rows, bad = _check_pairs(store, settings, files, pairs, base, progress)
         rejects.extend(bad)
     rows, size_rejects = enforce_sizes(rows, settings.expected_slice_size)
     rejects.extend(size_rejects)
-    counts = {"files": len(files.loaders), "slices": len(pairs), "accepted": len(rows),
-              "quarantined": len(rejects)}
-    _check_quarantine_share(export_id, rejects, len(rows) + len(rejects),
-                            settings.max_quarantine_fraction)
+    counts = {"files": len(files.loaders) + len(files.skipped), "slices": len(pairs),
+              "accepted": len(rows), "quarantined": len(rejects)}
+    _check_quarantine_share(export_id, rejects, len(rows), settings.max_quarantine_fraction,
+                            counts)
     new_quarantine = _as_table("quarantine", rejects)
     quarantine = _merged_quarantine(datasets, head.version, export_id, new_quarantine)
     manifest, changes = merge_manifest(base, _as_table("manifest", rows))
@@ -323,10 +466,61 @@ def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
     parent_exports = datasets.record(head.version)["exports"] if head.version else []
     record = _version_record(version, head.version, sorted(set(parent_exports) | {export_id}),
                              manifest, quarantine, changes)
+    status, note = INGESTED, None
     if datasets.commit(version, manifest, quarantine, changes, record):
         log.info("committed dataset version %s (%s)", version, record["counts"])
+    elif export_id not in (earlier := datasets.record(version)["exports"]):
+        status = DUPLICATE
+        note = (f"adds nothing: dataset version {version} holds all of it already (from "
+                f"export(s) {', '.join(earlier)})")
+        log.info("export %s %s", export_id, note)
     if head.version != version:
         datasets.move_head(version, head)
-    datasets.write_ledger({"export_id": export_id, "fingerprint": files.fingerprint,
-                           "dataset_version": version, "ingested_at": utc_now(), "counts": counts})
-    return IngestResult(export_id, version, head.version, False, counts, new_quarantine)
+    if not datasets.write_ledger({"export_id": export_id, "status": status, "reason": note,
+                                  "fingerprint": files.fingerprint, "dataset_version": version,
+                                  "ingested_at": utc_now(), "counts": counts}):
+        log.warning("export %s has a ledger entry already (another ingest of it); kept that one",
+                    export_id)
+    return IngestResult(export_id, version, head.version, False, counts, new_quarantine, status,
+                        note)
+
+
+def reject_export(store: ObjectStore, settings: Settings, export_id: str, reason: str,
+                  counts: dict[str, int] | None = None) -> bool:
+    """Record an export as rejected in the ledger (not taken in until an operator retries it).
+
+    False when it was taken in already (its entry stays) or when it does not exist.
+    """
+    fingerprint = export_fingerprint(store, settings, export_id)
+    if fingerprint is None:
+        return False
+    reason = reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "..."
+    written = DatasetStore(store, settings).write_ledger({
+        "export_id": export_id, "status": REJECTED, "reason": reason,
+        "fingerprint": fingerprint, "dataset_version": None, "ingested_at": utc_now(),
+        "counts": counts or {}})
+    if written:
+        log.warning("export %s rejected: %s", export_id, reason)
+    return written
+
+
+def ingest_exports(store: ObjectStore, settings: Settings, export_ids: list[str],
+                   progress: bool = False) -> IngestRun:
+    """Ingest exports in order; a bad one is recorded as rejected and the others go on.
+
+    Bad (recorded): empty, unreadable archive, too many rejects or none accepted. Not recorded,
+    reported only: a missing export, a failed archive download, an ingested export that
+    changed, one rejected before. A storage error stops the run (a retry resumes it).
+    """
+    run = IngestRun([], [])
+    for export_id in export_ids:
+        try:
+            run.results.append(ingest_export(store, settings, export_id, progress=progress))
+        except (BadExport, TooManyRejects) as exc:
+            counts = exc.counts if isinstance(exc, TooManyRejects) else None
+            recorded = reject_export(store, settings, export_id, str(exc), counts)
+            run.rejected.append(Rejection(export_id, str(exc), recorded))
+        except (ExportError, IngestError) as exc:
+            log.warning("export %s not ingested: %s", export_id, exc)
+            run.rejected.append(Rejection(export_id, str(exc), isinstance(exc, ExportRejected)))
+    return run

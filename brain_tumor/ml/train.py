@@ -6,8 +6,10 @@ weights restored, ModelCheckpoint, a warm-up LearningRateScheduler, CSV history)
 weights the classifier trains in two phases: frozen backbone, then its top stage fine-tuned at a
 lower learning rate. The decision threshold is then chosen on the validation patients.
 
-The model version id is derived from the dataset version and the training settings, so a crashed
-run started again trains the same version, and a finished one is not trained twice.
+The model version id is derived from the dataset version, the training settings and the code
+version (package version and a hash of the training sources), so a crashed run started again
+trains the same version, a finished one is not trained twice, and an upgrade of the training code
+trains anew.
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ def training_config(settings: Settings) -> dict[str, Any]:
 
 
 def model_version_id(dataset_version: str, settings: Settings) -> str:
-    """m-<hash of the dataset version and the training settings>."""
-    blob = json.dumps({"dataset": dataset_version, **training_config(settings)}, sort_keys=True)
+    """m-<hash of the dataset version, the training settings and the code version>.
+
+    The code version (``brain_tumor.store.datasets.code_version``, also in model.json) is the
+    package version plus a hash of the sources that decide what a trained model is: every file
+    under ``brain_tumor/ml/``, ``brain_tumor/ingest/imaging.py`` and
+    ``brain_tumor/evaluation/metrics.py``.
+    """
+    blob = json.dumps({"dataset": dataset_version, "code": code_version(),
+                       **training_config(settings)}, sort_keys=True)
     return "m-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -68,12 +77,34 @@ def warmup_schedule(base_lr: float, warmup_epochs: int):  # noqa: ANN201 - keras
     return schedule
 
 
+#: the metrics each epoch's log line shows, when the phase reports them
+EPOCH_METRICS = ("loss", "val_loss", "val_auc", "val_dice_coefficient")
+
+
+def epoch_message(phase: str, epoch: int, epochs: int | None, logs: dict[str, Any]) -> str:
+    """One finished epoch as a log line: '<phase> epoch <n>/<total>: loss 0.4123, ...'."""
+    shown = ", ".join(f"{k} {float(logs[k]):.4f}" for k in EPOCH_METRICS if k in logs)
+    return f"{phase} epoch {epoch}/{epochs if epochs is not None else '?'}: {shown}".rstrip(": ")
+
+
+def _epoch_logger(phase: str) -> Any:
+    """A callback that logs every finished epoch (INFO; the train task's log shows progress)."""
+    import keras
+
+    def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+        log.info("%s", epoch_message(phase, epoch + 1, callback.params.get("epochs"), logs or {}))
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    return callback
+
+
 def make_callbacks(workdir: Path, name: str, settings: Settings, base_lr: float,
                    monitor: str = "val_loss", mode: str = "min") -> list:
     """The callbacks of one training phase."""
     import keras
 
     return [
+        _epoch_logger(name),
         keras.callbacks.LearningRateScheduler(warmup_schedule(base_lr, settings.warmup_epochs)),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5,
                                           patience=settings.reduce_lr_patience, min_lr=1e-7),

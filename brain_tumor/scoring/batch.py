@@ -6,6 +6,11 @@ already scored is re-scored only if it arrived within ``rescore_window_days``: a
 refreshes recent results without re-scoring the whole archive. Due studies are taken oldest
 first, at most ``scoring_max_studies_per_run`` per run; the rest wait for the next run.
 
+Only complete studies are planned: those whose folder holds its manifest
+(``brain_tumor.store.manifests``). The others are counted in the plan (``incomplete``), and
+``scan`` logs a warning naming those whose newest file is older than
+``incomplete_after_minutes`` (a submit killed half-way, a copy never sealed).
+
 ``plan_batch`` is pure; ``scan`` gathers its inputs with a handful of listings (one of
 ``incoming/``, one of each earlier champion's ``_done/`` folder, one of the quarantine folder),
 so a run over a large archive costs listing pages, not one request per study.
@@ -15,11 +20,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from brain_tumor.settings import Settings
 from brain_tumor.store.incoming import IncomingStore
+from brain_tumor.store.manifests import describe_incomplete, overdue
 from brain_tumor.store.registry import Registry
 from brain_tumor.store.schemas import validate_record
 from brain_tumor.store.scores import ScoreStore
@@ -36,6 +42,8 @@ class Inventory:
     done: set[str]  # studies the model version has scored
     quarantined: dict[str, datetime]  # study id -> when the model version quarantined it
     scored_before: set[str]  # studies an earlier champion scored
+    #: study id -> newest upload time of a folder without its manifest (never planned)
+    incomplete: dict[str, datetime | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class BatchPlan:
     outside_window: int = 0
     deferred: int = 0
     deferred_ids: list[str] = field(default_factory=list)
+    incomplete: int = 0  # study folders without their manifest, left out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,21 +79,43 @@ def plan_batch(model_version: str, inventory: Inventory, now: datetime, window_d
         else:
             due.append(sid)
     return BatchPlan(model_version, due[:limit], already_done=done, quarantined_before=quarantined,
-                     outside_window=outside, deferred=len(due[limit:]), deferred_ids=due[limit:])
+                     outside_window=outside, deferred=len(due[limit:]), deferred_ids=due[limit:],
+                     incomplete=len(inventory.incomplete))
 
 
-def scan(store: ObjectStore, settings: Settings, model_version: str) -> Inventory:
-    """Gather plan_batch's inputs from storage."""
+def scan(store: ObjectStore, settings: Settings, model_version: str,
+         now: datetime | None = None) -> Inventory:
+    """Gather plan_batch's inputs from storage; warn of incomplete studies older than
+    ``incomplete_after_minutes`` at now (default: the current time)."""
     scores = ScoreStore(store, settings)
+    states = IncomingStore(store, settings).states()
+    when = now or datetime.now(UTC)
+    late = overdue(states, when, settings.incomplete_after_minutes)
+    if late:
+        log.warning("%d incoming stud(ies) without a manifest for over %g minutes, not scored "
+                    "(finish them with `brain-tumor submit`, or `brain-tumor studies seal ID` for "
+                    "a folder copied by another tool): %s", len(late),
+                    settings.incomplete_after_minutes,
+                    "; ".join(describe_incomplete("study", sid, states[sid], when)
+                              for sid in late[:20]))
     promoted = [e["model_version"] for e in Registry(store, settings).events()
                 if e["action"] == "promoted" and e["model_version"] != model_version]
     scored_before: set[str] = set()
     for version in dict.fromkeys(promoted):
         scored_before |= set(scores.done_ids(version))
-    return Inventory(arrived=IncomingStore(store, settings).arrivals(),
+    return Inventory(arrived={sid: s.newest for sid, s in states.items()
+                              if s.sealed and s.newest is not None},
                      done=set(scores.done_ids(model_version)),
                      quarantined=scores.quarantined_ids(model_version),
-                     scored_before=scored_before)
+                     scored_before=scored_before,
+                     incomplete={sid: s.newest for sid, s in states.items() if not s.sealed})
+
+
+def chunks(study_ids: list[str], size: int) -> list[list[str]]:
+    """The studies in order, cut into chunks of at most size (one mapped task each)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, received {size}")
+    return [study_ids[i:i + size] for i in range(0, len(study_ids), size)]
 
 
 def summarize(plan: dict[str, Any], results: list[dict[str, Any]], run_id: str,

@@ -3,11 +3,13 @@
 A version ``datasets/<version>/`` is written once: manifest, quarantine and changes first,
 ``dataset.json`` last (a version without it does not exist). ``datasets/HEAD.json`` points at the
 newest version and moves only by compare-and-swap. ``ledger/exports/<export_id>.json`` records
-which version took in each export, so new exports can be found.
+what became of each export (ingested into a version, a duplicate of one, or rejected with a
+reason), so new exports can be found.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,6 +27,11 @@ from brain_tumor.store.schemas import validate_record, validate_table
 from brain_tumor.store.storage import KeyNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
+
+#: ledger statuses: taken into the version named; nothing new (the version named holds it all
+#: already, without listing it); not taken in (``reason`` says why)
+INGESTED, DUPLICATE, REJECTED = "ingested", "duplicate", "rejected"
+LEDGER_STATUSES = (INGESTED, DUPLICATE, REJECTED)
 
 
 class DatasetNotFound(StorageError):
@@ -34,12 +43,38 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def code_version() -> str:
-    """This package's version."""
+#: the sources, relative to the package folder, whose content decides what a trained model is
+CODE_SOURCES = ("ml", "ingest/imaging.py", "evaluation/metrics.py")
+
+
+@functools.cache
+def code_version(root: Path | None = None, sources: tuple[str, ...] = CODE_SOURCES) -> str:
+    """This package's version and a hash of the sources that decide what a trained model is.
+
+    ``<package version>+<12 hex>``. The hash covers, by path relative to ``root`` (default: this
+    package's folder) and content, in path order, every ``.py`` file of ``sources``: everything
+    under ``brain_tumor/ml/`` (inputs, models, training, prediction),
+    ``brain_tumor/ingest/imaging.py`` (how slices are decoded and resized) and
+    ``brain_tumor/evaluation/metrics.py`` (the threshold rule). Read once per process.
+    """
     try:
-        return package_version("brain-tumor")
+        package = package_version("brain-tumor")
     except PackageNotFoundError:
-        return "unknown"
+        package = "unknown"
+    root = root or Path(__file__).resolve().parents[1]
+    files: set[Path] = set()
+    for source in sources:
+        path = root / source
+        if not path.exists():
+            raise FileNotFoundError(f"code version source {source!r} not found under {root}")
+        files |= {path} if path.is_file() else set(path.rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        if "__pycache__" in path.parts:
+            continue
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{path.relative_to(root).as_posix()} {content}\n".encode())
+    return f"{package}+{digest.hexdigest()[:12]}"
 
 
 def version_id(manifest: pd.DataFrame, quarantine: pd.DataFrame) -> str:
@@ -176,16 +211,74 @@ class DatasetStore:
         return None
 
     # --- ledger ---
-    def ledger(self) -> dict[str, dict]:
-        """Every ingested export's ledger entry, by export id."""
+    def ledger_key(self, export_id: str) -> str:
+        """Key of an export's ledger entry."""
+        return self.settings.key("ledger", "exports", f"{export_id}.json")
+
+    def entries(self) -> dict[str, dict]:
+        """Every ledger entry (ingested, duplicate and rejected), by export id."""
         prefix = self.settings.key("ledger", "exports") + "/"
         entries = {}
         for info in self.store.list(prefix):
-            entry = validate_record("ledger_entry", self.store.get_json(info.key))
+            entry = _read_entry(self.store.get_json(info.key))
             entries[entry["export_id"]] = entry
         return entries
 
+    def ledger(self) -> dict[str, dict]:
+        """Every taken-in export's ledger entry (ingested or duplicate), by export id."""
+        return {k: e for k, e in self.entries().items() if e["status"] != REJECTED}
+
+    def rejected(self) -> dict[str, dict]:
+        """Every rejected export's ledger entry, by export id."""
+        return {k: e for k, e in self.entries().items() if e["status"] == REJECTED}
+
+    def entry(self, export_id: str) -> dict | None:
+        """One export's ledger entry, or None when the pipeline has not decided on it."""
+        try:
+            return _read_entry(self.store.get_json(self.ledger_key(export_id)))
+        except KeyNotFound:
+            return None
+
     def write_ledger(self, entry: dict) -> bool:
-        """Record an ingested export (once)."""
-        key = self.settings.key("ledger", "exports", f"{entry['export_id']}.json")
-        return self.store.put_json(key, validate_record("ledger_entry", entry), new=True)
+        """Record an export's outcome once; a rejected entry is the only one ever replaced.
+
+        False (and no change) when the export has an ingested or duplicate entry already.
+        """
+        entry = _read_entry({"reason": None, **entry})
+        key = self.ledger_key(entry["export_id"])
+        if self.store.put_json(key, entry, new=True):
+            return True
+        raw, etag = self.store.get_with_etag(key)
+        if _read_entry(json.loads(raw))["status"] != REJECTED:
+            return False
+        body = json.dumps(entry, indent=2, sort_keys=True).encode()
+        self.store.put(key, body, if_match=etag, content_type="application/json")
+        log.info("ledger: export %s was rejected, now %s", entry["export_id"], entry["status"])
+        return True
+
+    def clear_rejection(self, export_id: str) -> dict:
+        """Remove a rejected export's entry so the next ingest takes it up again; returns it."""
+        entry = self.entry(export_id)
+        if entry is None or entry["status"] != REJECTED:
+            state = "not in the ledger" if entry is None else entry["status"]
+            raise ValueError(f"export {export_id!r} is not rejected (it is {state}): only a "
+                             "rejected export can be retried")
+        self.store.delete(self.ledger_key(export_id))
+        log.info("ledger: rejection of export %s cleared (was: %s)", export_id, entry["reason"])
+        return entry
+
+
+def _read_entry(raw: Any) -> dict:
+    """A ledger entry validated; entries written before ``status`` existed read as ingested."""
+    if isinstance(raw, dict):
+        raw.setdefault("status", INGESTED)
+        raw.setdefault("reason", None)
+    entry = validate_record("ledger_entry", raw)
+    if entry["status"] not in LEDGER_STATUSES:
+        raise StorageError(f"ledger entry of {entry['export_id']!r}: status must be one of "
+                           f"{LEDGER_STATUSES}, received {entry['status']!r:.60}")
+    if (entry["dataset_version"] is None) != (entry["status"] == REJECTED):
+        raise StorageError(f"ledger entry of {entry['export_id']!r}: a {entry['status']} entry "
+                           f"{'needs' if entry['status'] != REJECTED else 'has no'} "
+                           f"dataset_version, received {entry['dataset_version']!r}")
+    return entry

@@ -86,9 +86,10 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("path", "str", "path inside the export"),
                Col("patient_id", "str", "when the name could be parsed", nullable=True),
                Col("slice_index", "int", "when the name could be parsed", nullable=True),
-               Col("reason", "str", "unreadable | not_uint8 | channels | mask_values | "
-                                    "shape_mismatch | wrong_size | missing_mask | missing_image "
-                                    "| bad_name | unsafe_path"),
+               Col("reason", "str", "unreadable | not_tiff | too_small | not_uint8 | channels | "
+                                    "mask_values | shape_mismatch | wrong_size | missing_mask | "
+                                    "missing_image | duplicate_slice | bad_name | unsafe_path | "
+                                    "not_a_file | too_large"),
                Col("detail", "str", "human-readable explanation"),
                Col("sha256", "str", "sha256 of the rejected file", nullable=True),
                Col("blob_key", "str", "key of the kept copy of the rejected bytes", nullable=True),
@@ -132,7 +133,21 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("exports", "list", "every export id included so far"),
                Col("created_at", "str", "ISO 8601 UTC"),
                Col("counts", "dict", "patients, slices, tumor_slices, quarantined, changed"),
-               Col("code_version", "str", "package version"),
+               Col("code_version", "str", "package version + hash of the training-relevant source"),
+           ), table=False),
+    Schema("folder_manifest", "exports/<export_id>/_manifest.json, "
+           "incoming/<study_id>/_manifest.json",
+           "Written last into an export folder or incoming study by `upload`, `submit` or "
+           "`seal`: the folder is complete once it exists, and taken only while its files match "
+           "it.", (
+               Col("kind", "str", "export | study"),
+               Col("id", "str", "the export id or study id"),
+               Col("files", "list", "[{path, size, sha256, etag}] of every other file in the "
+                                    "folder, by path"),
+               Col("file_count", "int", "entries in files"),
+               Col("total_bytes", "int", "sum of their sizes"),
+               Col("sealed_by", "str", "upload | submit | seal"),
+               Col("sealed_at", "str", "ISO 8601 UTC"),
            ), table=False),
     Schema("dataset_head", "datasets/HEAD.json", "Pointer to the newest dataset version "
            "(moved by compare-and-swap).", (
@@ -140,17 +155,26 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("updated_at", "str", "ISO 8601 UTC"),
            ), table=False),
     Schema("ledger_entry", "ledger/exports/<export_id>.json",
-           "One per ingested export: which version took it in.", (
+           "One per export the pipeline decided on: the version that took it in, or why not. "
+           "Written once; only a rejected entry is ever replaced or removed (`brain-tumor "
+           "exports reject|retry`).", (
                Col("export_id", "str", ""),
+               Col("status", "str", "ingested: the version lists it | duplicate: it added "
+                                    "nothing, the version it duplicates does not list it | "
+                                    "rejected: not taken in (read as ingested when absent)"),
+               Col("reason", "str", "why it was rejected, or which export(s) it duplicates",
+                   nullable=True),
                Col("fingerprint", "str", "sha256 over the export's file names, sizes and ETags"),
-               Col("dataset_version", "str", ""),
-               Col("ingested_at", "str", "ISO 8601 UTC"),
-               Col("counts", "dict", "files, slices, accepted, quarantined, added, changed"),
+               Col("dataset_version", "str", "the version that took it in, or the one it "
+                                             "duplicates; null when rejected", nullable=True),
+               Col("ingested_at", "str", "ISO 8601 UTC, when it was ingested or rejected"),
+               Col("counts", "dict", "files, slices, accepted, quarantined, added, changed "
+                                     "(empty when rejected before reading)"),
            ), table=False),
     Schema("model", "models/<model_version>/model.json",
            "Written last: a model version exists once this object does.", (
                Col("model_version", "str", "m-<12 hex>, derived from dataset version + training "
-                                           "settings"),
+                                           "settings + code version"),
                Col("dataset_version", "str", "the data it was trained on"),
                Col("image_size", "int", "model input size"),
                Col("threshold", "float", "classifier decision threshold, chosen on validation "
@@ -160,7 +184,7 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("keras_backend", "str", "tensorflow | jax | torch"),
                Col("best_epochs", "dict", "best epoch (1-based) per model, from the checkpoints"),
                Col("created_at", "str", "ISO 8601 UTC"),
-               Col("code_version", "str", "package version"),
+               Col("code_version", "str", "package version + hash of the training-relevant source"),
            ), table=False),
     Schema("metrics", "models/<model_version>/metrics.json",
            "Evaluation of a model on the test patients of a dataset version.", (
@@ -209,6 +233,17 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("tumor_volume_voxels", "int", ""),
                Col("max_probability", "float", ""),
                Col("scored_at", "str", "ISO 8601 UTC"),
+           ), table=False),
+    Schema("study_quarantine", "scores/<model_version>/quarantine/<study_id>.json",
+           "Why a study could not be scored by this model version (nothing else is written).", (
+               Col("study_id", "str", ""),
+               Col("model_version", "str", ""),
+               Col("reason", "str", "empty | duplicate | bad_name | incomplete | too_many_slices | "
+                                    "too_large | wrong_size | unreadable | not_tiff | too_small | "
+                                    "not_uint8 | channels"),
+               Col("detail", "str", "human-readable explanation"),
+               Col("files", "list", "keys of the offending objects (may be empty)"),
+               Col("at", "str", "ISO 8601 UTC"),
            ), table=False),
     Schema("batch_summary", "scores/batches/<run_id>.json", "One scoring batch (DAG run).", (
         Col("run_id", "str", "Airflow run id (characters other than letters, digits, '._-' "

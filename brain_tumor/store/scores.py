@@ -140,7 +140,7 @@ class ScoreStore:
     def quarantine(self, model_version: str, study_id: str, record: dict[str, Any]) -> str:
         """Store why a study could not be scored; returns the key."""
         key = self.quarantine_key(model_version, study_id)
-        self.store.put_json(key, record)
+        self.store.put_json(key, validate_record("study_quarantine", record))
         return key
 
     def quarantine_record(self, model_version: str, study_id: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pandas as pd
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 if TYPE_CHECKING:
     from brain_tumor.settings import Settings
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: files below this size are sent in one PUT (a transfer manager per file costs more than it saves)
 SMALL_FILE = 8 * 2**20
+#: error codes of a request whose credentials the server refused (or that they do not allow)
+REFUSED = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+                     "Forbidden", "InvalidToken", "ExpiredToken"})
+DEFAULT_CHAIN = "boto3's default credential chain"
 
 
 class StorageError(RuntimeError):
@@ -55,14 +59,20 @@ class ObjectInfo:
 class ObjectStore:
     """A bucket on an S3-compatible server, with retries and clear errors."""
 
-    def __init__(self, client: Any, bucket: str, endpoint: str | None = None) -> None:
+    def __init__(self, client: Any, bucket: str, endpoint: str | None = None,
+                 credentials: str = DEFAULT_CHAIN) -> None:
         self.client = client
         self.bucket = bucket
         self.endpoint = endpoint or "AWS S3"
+        self.credentials = credentials  # where the keys come from, for errors (never a secret)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
-        """Build a store from the S3 settings (endpoint, credentials, retries)."""
+        """Build a store from the S3 settings (endpoint, credentials, retries).
+
+        Requests are signed with ``settings.s3_keys()``: the settings' keys, the embedded
+        server's for the embedded endpoint, or else boto3's default credential chain.
+        """
         config = Config(
             retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
             connect_timeout=settings.s3_connect_timeout_s,
@@ -70,15 +80,21 @@ class ObjectStore:
             max_pool_connections=max(10, settings.io_workers * 2),
             s3={"addressing_style": "path"},
         )
+        keys = settings.s3_keys()
+        signing: dict[str, str] = {}
+        credentials = DEFAULT_CHAIN
+        if keys is not None:
+            signing = {"aws_access_key_id": keys[0],
+                       "aws_secret_access_key": keys[1].get_secret_value()}
+            credentials = f"access key id {keys[0]!r}"
         client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url or None,
             region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
             config=config,
+            **signing,
         )
-        return cls(client, settings.s3_bucket, settings.s3_endpoint_url)
+        return cls(client, settings.s3_bucket, settings.s3_endpoint_url, credentials)
 
     # --- errors ---
     def _error(self, exc: Exception, action: str, key: str = "") -> StorageError:
@@ -90,7 +106,19 @@ class ObjectStore:
                 return KeyNotFound(f"{where} does not exist (endpoint {self.endpoint})")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status == 412:
                 return PreconditionFailed(f"{action} {where}: precondition failed ({code})")
+            if code in REFUSED:
+                return StorageError(
+                    f"{action} {where} failed at {self.endpoint}: the server refused the "
+                    f"credentials ({self.credentials}): {code} {exc}; check "
+                    f"BRAIN_TUMOR_S3_ACCESS_KEY_ID/..._SECRET_ACCESS_KEY, the connection named by "
+                    f"BRAIN_TUMOR_S3_CONN_ID, or the AWS_* variables, profile or role")
             return StorageError(f"{action} {where} failed at {self.endpoint}: {code} {exc}")
+        if isinstance(exc, NoCredentialsError):
+            return StorageError(
+                f"{action} {where} at {self.endpoint}: no S3 credentials found: set "
+                f"BRAIN_TUMOR_S3_ACCESS_KEY_ID and ..._SECRET_ACCESS_KEY, a connection "
+                f"BRAIN_TUMOR_S3_CONN_ID (Airflow tasks), or credentials for {DEFAULT_CHAIN} "
+                f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role)")
         return StorageError(f"{action} {where} failed: cannot reach S3 at {self.endpoint}: {exc}")
 
     def _call(self, action: str, key: str, fn: Any, **kwargs: Any) -> Any:

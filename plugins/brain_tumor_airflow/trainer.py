@@ -3,9 +3,10 @@
 Which one is a setting (``BRAIN_TUMOR_TRAINER=docker|local``). Both run the same command with the
 same ``BRAIN_TUMOR_*`` settings, so they publish the same model version. The Docker path takes the
 image, engine URL (with TLS certificates when set), GPU request, network and mounts from the
-settings, and the S3 credentials from
-an Airflow connection when ``BRAIN_TUMOR_S3_CONN_ID`` names one; secrets travel in the container's
-private environment, never in rendered templates or logs.
+settings. Both take the S3 endpoint and keys from the Airflow connection
+``BRAIN_TUMOR_S3_CONN_ID`` when one is named (``brain_tumor_airflow.storage``), resolved when the
+task runs; secrets travel in the container's private environment or the process's environment,
+never in rendered templates or logs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
+
+from brain_tumor_airflow.storage import task_settings
 
 TRAIN_ARGS = ["--json", "train", "--dataset-version"]
 CONTAINER_HOME = "/tmp/brain-tumor"
@@ -35,22 +38,14 @@ def _mounts(spec: str) -> list:
     return mounts
 
 
-def container_environment(settings: Any, connection: Any | None = None) -> tuple[dict, dict]:
-    """(public, private) environment for the trainer container, from settings and a connection."""
+def container_environment(settings: Any) -> tuple[dict, dict]:
+    """(public, private) environment for the trainer container; private holds the set keys."""
     from brain_tumor.settings import settings_to_env
 
     env = settings_to_env(settings)
     env["KERAS_BACKEND"] = settings.keras_backend
     env["BRAIN_TUMOR_HOME"] = CONTAINER_HOME  # the worker's home path means nothing in there
-    if connection is not None:
-        extra = connection.extra_dejson or {}
-        env["BRAIN_TUMOR_S3_ACCESS_KEY_ID"] = connection.login or ""
-        env["BRAIN_TUMOR_S3_SECRET_ACCESS_KEY"] = connection.password or ""
-        if extra.get("endpoint_url"):
-            env["BRAIN_TUMOR_S3_ENDPOINT_URL"] = extra["endpoint_url"]
-        if extra.get("region_name"):
-            env["BRAIN_TUMOR_S3_REGION"] = extra["region_name"]
-    private = {k: env.pop(k) for k in SECRET_KEYS}
+    private = {k: value for k in SECRET_KEYS if (value := env.pop(k))}
     return env, private
 
 
@@ -77,15 +72,8 @@ class TrainerDockerOperator(DockerOperator):
         """Fill in the settings at run time (not at DAG parse time), then run the container."""
         from docker.types import DeviceRequest
 
-        from brain_tumor.settings import load_settings
-
-        settings = load_settings()
-        connection = None
-        if settings.s3_conn_id:
-            from airflow.sdk import BaseHook
-
-            connection = BaseHook.get_connection(settings.s3_conn_id)
-        self.environment, self.private_environment = container_environment(settings, connection)
+        settings = task_settings()
+        self.environment, self.private_environment = container_environment(settings)
         self.image = settings.trainer_image
         self.docker_url = settings.docker_url
         self.network_mode = settings.docker_network_mode
@@ -96,6 +84,20 @@ class TrainerDockerOperator(DockerOperator):
                                 if settings.docker_gpus != 0 else None)
         self.log.info("training in %s on %s (GPUs: %s)", self.image, self.docker_url,
                       "all" if settings.docker_gpus == -1 else settings.docker_gpus)
+        return super().execute(context)
+
+
+class TrainerBashOperator(BashOperator):
+    """BashOperator for `brain-tumor train` on the worker, S3 connection resolved at run time."""
+
+    def execute(self, context: Any) -> Any:
+        """Hand the process the S3 endpoint and keys of BRAIN_TUMOR_S3_CONN_ID, then run it."""
+        from brain_tumor.settings import settings_to_env
+
+        settings = task_settings()
+        if settings.s3_conn_id:  # set here, after templates were rendered: never shown
+            self.env = {**(self.env or {}), **settings_to_env(settings)}
+            self.append_env = True
         return super().execute(context)
 
 
@@ -118,4 +120,4 @@ def train_task(trainer: str, dataset_version: str, pool: str, ml_queue: str | No
     command = " ".join([sys.executable, "-m", "brain_tumor.cli", *TRAIN_ARGS, dataset_version])
     if ml_queue:
         extra["queue"] = ml_queue
-    return BashOperator(task_id="train", bash_command=command, pool=pool, **extra)
+    return TrainerBashOperator(task_id="train", bash_command=command, pool=pool, **extra)

@@ -105,11 +105,12 @@ def test_scores_good_studies_quarantines_a_bad_one_and_reruns_do_no_work(
     bad = submit(store, settings, study_folders["bad"])
     champion = Registry(store, settings).champion()
     monkeypatch.setenv("BRAIN_TUMOR_SCORING_MAX_STUDIES_PER_RUN", "3")  # 4 due: one waits
+    monkeypatch.setenv("BRAIN_TUMOR_SCORING_CHUNK_SIZE", "2")  # 3 planned: chunks of 2 and 1
 
     dag_run, state, tasks = run_dag(get_dag(DAG_ID))
 
     assert state == "success", tasks
-    assert tasks == {"plan": ["success"], "score": ["success"] * 3, "summarize": ["success"]}
+    assert tasks == {"plan": ["success"], "score": ["success"] * 2, "summarize": ["success"]}
     first = summary_of(store, settings, dag_run)
     assert (first["studies_planned"], first["studies_deferred"]) == (3, 1)
     assert first["model_version"] == champion and first["trigger"] == "manual"
@@ -179,31 +180,31 @@ def test_champion_change_rescores_recent_studies_with_the_new_model(
 def test_a_failed_study_fails_the_run_after_the_others_are_scored(
         get_dag: Callable[[str], Any], scoring, study_folders,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from brain_tumor import steps
+    from brain_tumor.scoring.study import ScoringPipeline
     from brain_tumor.store.storage import StorageError
 
     settings, store = scoring
     ids = submit(store, settings, study_folders["good"][:2])
     champion = Registry(store, settings).champion()
-    real = steps.score_one
+    real = ScoringPipeline.score
 
-    def flaky(settings_, model_version, study_id):
+    def flaky(pipeline, study_id):
         if study_id == ids[0]:
-            raise StorageError(f"simulated outage while writing scores/{model_version}/{study_id}")
-        return real(settings_, model_version, study_id)
+            raise StorageError(f"simulated outage while writing scores/{champion}/{study_id}")
+        return real(pipeline, study_id)
 
-    monkeypatch.setattr(steps, "score_one", flaky)
+    monkeypatch.setattr(ScoringPipeline, "score", flaky)  # both studies share one chunk
 
     dag_run, state, tasks = run_dag(get_dag(DAG_ID))
 
     assert state == "failed"
-    assert sorted(tasks["score"]) == ["failed", "success"] and tasks["summarize"] == ["failed"]
+    assert tasks["score"] == ["failed"] and tasks["summarize"] == ["failed"]
     summary = summary_of(store, settings, dag_run)  # written before the run was failed
     assert summary["failed"] == [ids[0]] and summary["studies_scored"] == 1
     assert ScoreStore(store, settings).is_done(champion, ids[1])  # the good result is kept
     assert not ScoreStore(store, settings).is_done(champion, ids[0])
 
-    monkeypatch.setattr(steps, "score_one", real)  # the outage is over: the next run retries
+    monkeypatch.setattr(ScoringPipeline, "score", real)  # the outage is over: the next run
     dag_run, state, _ = run_dag(get_dag(DAG_ID))
 
     assert state == "success"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
 
 import pytest
 
 from brain_tumor.settings import load_settings
+from brain_tumor_airflow.storage import connection_settings
 from brain_tumor_airflow.trainer import (
     CONTAINER_HOME,
     _mounts,
@@ -17,20 +18,24 @@ from brain_tumor_airflow.trainer import (
 
 
 def test_secrets_go_to_the_private_environment():
-    settings = load_settings(env={}, s3_bucket="b", image_size=64)
+    settings = load_settings(env={}, s3_bucket="b", image_size=64, s3_access_key_id="AKIA-set",
+                             s3_secret_access_key="set-secret")
     public, private = container_environment(settings)
     assert public["BRAIN_TUMOR_S3_BUCKET"] == "b" and public["BRAIN_TUMOR_IMAGE_SIZE"] == "64"
     assert public["BRAIN_TUMOR_HOME"] == CONTAINER_HOME and public["KERAS_BACKEND"] == "tensorflow"
-    assert private == {"BRAIN_TUMOR_S3_ACCESS_KEY_ID": "brain-tumor",
-                       "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY": "brain-tumor-secret"}
+    assert private == {"BRAIN_TUMOR_S3_ACCESS_KEY_ID": "AKIA-set",
+                       "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY": "set-secret"}
     assert not any("SECRET" in k or "ACCESS_KEY" in k for k in public)
+    # keys unset: none handed over, the container's own default credential chain signs
+    assert container_environment(load_settings(env={}))[1] == {}
 
 
-def test_an_airflow_connection_replaces_the_s3_settings():
-    conn = SimpleNamespace(login="AKIA-conn", password="conn-secret",
-                           extra_dejson={"endpoint_url": "http://minio:9000",
-                                         "region_name": "eu-west-1"})
-    public, private = container_environment(load_settings(env={}), conn)
+def test_an_airflow_connection_replaces_the_s3_settings(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINER_S3", json.dumps(
+        {"conn_type": "aws", "login": "AKIA-conn", "password": "conn-secret",
+         "extra": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"}}))
+    settings = connection_settings(load_settings(env={}, s3_conn_id="trainer_s3"))
+    public, private = container_environment(settings)
     assert public["BRAIN_TUMOR_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert public["BRAIN_TUMOR_S3_REGION"] == "eu-west-1"
     assert private == {"BRAIN_TUMOR_S3_ACCESS_KEY_ID": "AKIA-conn",
@@ -49,7 +54,7 @@ def test_mounts_are_parsed_and_bad_ones_named():
 
 
 def test_trainer_choice():
-    assert type(train_task("local", "ds-1", "p")).__name__ == "BashOperator"
+    assert type(train_task("local", "ds-1", "p")).__name__ == "TrainerBashOperator"
     assert type(train_task("docker", "ds-1", "p")).__name__ == "TrainerDockerOperator"
     with pytest.raises(ValueError, match="received 'k8s'"):
         train_task("k8s", "ds-1", "p")

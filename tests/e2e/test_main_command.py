@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,13 @@ def test_main_command_runs_end_to_end_and_again(demo_env):
                                        capture_output=True, text=True, check=True).stdout)
     assert events["events"] and events["events"][-1]["action"] in ("promoted", "rejected")
     assert "last decision" in out.stdout
+    # progress while the DAGs run: each task with its state and duration, the training epochs
+    assert re.search(r"^  task train started$", out.stdout, re.M)
+    assert re.search(r"^    classifier epoch 1/12: loss \d", out.stdout, re.M)
+    assert re.search(r"^    segmenter epoch 1/12: loss \d", out.stdout, re.M)
+    assert re.search(r"^  task train finished: success in \d", out.stdout, re.M)
+    assert re.search(r"^  DAG retrain_nightly finished: success in \d", out.stdout, re.M)
+    assert re.search(r"^  DAG batch_score finished: success in \d", out.stdout, re.M)
     status = json.loads(subprocess.run([*cli, "storage", "status"], env=demo_env,
                                        capture_output=True, text=True, check=True).stdout)
     assert status["running"]  # the embedded server keeps serving after the demo

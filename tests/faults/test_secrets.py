@@ -22,6 +22,7 @@ SECRET = "s3cr3t-value"
 NUMERIC_SECRET = 987654321
 BRAIN_TUMOR = Path(sys.executable).parent / "brain-tumor"
 SECRET_ENV = "BRAIN_TUMOR_S3_SECRET_ACCESS_KEY"
+KEY_ID_ENV = "BRAIN_TUMOR_S3_ACCESS_KEY_ID"  # the secret's partner: the two go together
 
 #: (name, TOML text or None, environment): each one fails to load; the secret is in one source
 CASES = [
@@ -123,7 +124,7 @@ def test_command_and_tracebacks_hide_the_secret(tmp_path, name, toml, env):
 
 
 def test_settings_output_and_env_consumers_hide_the_secret(tmp_path):
-    settings = load_settings(env={SECRET_ENV: SECRET})
+    settings = load_settings(env={KEY_ID_ENV: "AKIA-test", SECRET_ENV: SECRET})
     assert settings.s3_secret_access_key.get_secret_value() == SECRET
     _assert_hidden(repr(settings) + str(settings) + json.dumps(settings.public_dict()))
     env = settings_to_env(settings)
@@ -140,7 +141,7 @@ def test_settings_output_and_env_consumers_hide_the_secret(tmp_path):
 
 
 def test_numeric_secret_through_env_is_a_string(tmp_path):
-    env = {SECRET_ENV: str(NUMERIC_SECRET)}
+    env = {KEY_ID_ENV: "AKIA-test", SECRET_ENV: str(NUMERIC_SECRET)}
     settings = load_settings(env=env)
     assert settings.s3_secret_access_key.get_secret_value() == str(NUMERIC_SECRET)
     _assert_hidden(json.dumps(settings.public_dict()) + repr(settings))

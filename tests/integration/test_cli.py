@@ -9,7 +9,7 @@ from brain_tumor.settings import settings_to_env
 
 COMMANDS = ["storage", "synth", "upload", "submit", "batches", "exports", "ingest", "split",
             "train", "evaluate", "score", "models", "registry", "datasets", "demo", "settings",
-            "schemas"]
+            "schemas", "studies"]
 
 
 def test_every_command_has_help(capsys):
@@ -174,6 +174,7 @@ def test_score_command_needs_a_champion_and_scores_with_one(trained, monkeypatch
         image, _ = make_slice(rng, 32, (0.5, 0.5, 0.15) if n == 2 else None)
         store.put(f"incoming/study-a/P_{n}.tif", encode_tiff(image))
     store.put("incoming/study-bad/P_1.tif", b"not a tiff")
+    assert main(["studies", "seal", "--all"]) == 0
     assert main(["score"]) == 1
     assert "no champion model yet" in capsys.readouterr().err
     # the model lives in the session bucket: copy its files so this bucket can promote it

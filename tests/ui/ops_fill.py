@@ -68,12 +68,12 @@ def _gate(settings: Settings, candidate: str, dataset: str, champion: str | None
 
 
 def _batch(settings: Settings, run_id: str) -> dict[str, Any]:
-    """One scoring run as batch_score does it: plan, score each study, summarize."""
+    """One scoring run as batch_score does it: plan, score the studies (one chunk), summarize."""
     from brain_tumor.store.datasets import utc_now
 
     started = utc_now()
     plan = steps.plan_scoring(settings)
-    results = [steps.score_one(settings, plan["model_version"], sid) for sid in plan["study_ids"]]
+    results = steps.score_chunk(settings, plan["model_version"], plan["study_ids"])["results"]
     return steps.finish_batch(settings, plan, results, run_id, started, "scheduled")
 
 

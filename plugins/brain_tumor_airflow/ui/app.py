@@ -35,11 +35,11 @@ _HEADERS = {
 @lru_cache(maxsize=1)
 def ops_data() -> Any:
     """The pipeline's objects as the pages read them (settings and client built once)."""
-    from brain_tumor.settings import load_settings
     from brain_tumor.store.storage import ObjectStore
+    from brain_tumor_airflow.storage import task_settings
     from brain_tumor_airflow.ui.data import OpsData
 
-    settings = load_settings()
+    settings = task_settings()
     log.info("ops pages read s3://%s/%s at %s", settings.s3_bucket, settings.s3_root,
              settings.s3_endpoint_url or "AWS S3")
     return OpsData(ObjectStore.from_settings(settings), settings)

@@ -9,7 +9,9 @@ from brain_tumor.store.storage import ObjectStore
 
 @pytest.mark.seaweedfs
 def test_restart_keeps_data(seaweed):
-    settings = load_settings(env={}, s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket)
+    settings = load_settings(env={}, s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
+                             s3_access_key_id=seaweed.access_key,
+                             s3_secret_access_key=seaweed.secret_key)
     ObjectStore.from_settings(settings).put("keep/me.txt", b"still here")
     assert seaweed.running()
     seaweed.start()  # already running: no-op

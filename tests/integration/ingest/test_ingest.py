@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from brain_tumor.devtools.synth import BAD_KINDS, SynthSpec, make_archive, make_export
-from brain_tumor.ingest.exports import ExportError, list_exports, upload_export
+from brain_tumor.ingest.exports import ExportError, list_exports, seal_export, upload_export
 from brain_tumor.ingest.imaging import decode_image, decode_mask, encode_tiff
 from brain_tumor.ingest.run import IngestError, ingest_export
 from brain_tumor.store.datasets import DatasetStore
@@ -146,6 +146,7 @@ def test_empty_and_missing_exports_are_errors_and_write_nothing(tmp_path, settin
     with pytest.raises(ExportError, match="not found"):
         ingest_export(store, settings, "nope")
     store.put("exports/only-notes/README.md", b"nothing here")
+    seal_export(store, settings, "only-notes")
     with pytest.raises(ExportError, match="holds no slice files"):
         ingest_export(store, settings, "only-notes")
     (tmp_path / "empty").mkdir()
@@ -175,16 +176,22 @@ def test_expected_slice_size_rejects_other_sizes(tmp_path, settings, store):
     root, r = _export(tmp_path, "e1")
     upload_export(store, settings, root)
     strict = settings.model_copy(update={"expected_slice_size": 64, "max_quarantine_fraction": 1.0})
-    res = ingest_export(store, strict, "e1")
-    assert res.counts["accepted"] == 0 and set(res.quarantine["reason"]) == {"wrong_size"}
-    assert "expected 64x64" in res.quarantine.iloc[0].detail
+    with pytest.raises(IngestError, match=r"16 of 16 items rejected \(no slice accepted\); "
+                                          r"reasons \[\('wrong_size', 16\)\].*expected 64x64"):
+        ingest_export(store, strict, "e1")
+    assert DatasetStore(store, settings).head().version is None
 
 
 def test_upload_refuses_to_replace_an_export(tmp_path, settings, store):
     root, _ = _export(tmp_path, "e1")
     upload_export(store, settings, root)
+    before = {o.key: o.etag for o in store.list("exports/")}
+    assert upload_export(store, settings, root) == "e1"  # the same folder again: nothing to do
+    assert {o.key: o.etag for o in store.list("exports/")} == before
+    next(root.rglob("*_mask.tif")).write_bytes(b"changed")
     with pytest.raises(ExportError, match="exists already"):
         upload_export(store, settings, root)
+    assert {o.key: o.etag for o in store.list("exports/")} == before
 
 
 def test_unreachable_s3_fails_clearly(make_settings):

@@ -1,5 +1,6 @@
 """Training end to end on synthetic data: a published, reloadable, idempotent model version."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -114,6 +115,7 @@ def test_trains_under_the_jax_backend(trained, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     made = json.loads(out.stdout[out.stdout.index("{"):])
     assert made["keras_backend"] == "jax" and made["model_version"] != record["model_version"]
+    assert "classifier epoch 1/1: loss " in out.stderr  # progress on stderr, stdout stays JSON
     check = ("import os, sys; os.environ['KERAS_BACKEND']='jax'; "
              "import brain_tumor.ml.inputs, brain_tumor.ml.models, brain_tumor.ml.train; "
              "sys.exit('tensorflow' in sys.modules)")
@@ -141,3 +143,74 @@ def test_pretrained_weights_train_in_two_phases(trained, tmp_path):
     assert len(history["classifier"]["loss"]) == 2  # one frozen epoch + one fine-tuning epoch
     clf = keras.saving.load_model(models.fetch(made["model_version"]) / "classifier.keras")
     assert clf.get_layer("preprocess").__class__.__name__ == "CaffePreprocessing"
+
+
+def _package_copy(tmp_path, name, edit=None):
+    """A copy of the brain_tumor sources (Python files only), with one file edited."""
+    import shutil
+    from pathlib import Path
+
+    import brain_tumor
+
+    root = tmp_path / name / "brain_tumor"
+    shutil.copytree(Path(brain_tumor.__file__).parent, root,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if edit is not None:
+        path = root / edit
+        path.write_text(path.read_text() + "\n# an edit\n")
+    return root
+
+
+def test_model_version_follows_the_training_code(trained, tmp_path, monkeypatch):
+    """A changed training source gives a new model version id; an unrelated module does not."""
+    import brain_tumor.ml.train as train_mod
+    from brain_tumor.store.datasets import code_version
+    from brain_tumor.store.modelstore import ModelNotFound
+
+    settings, record = trained
+    assert record["code_version"] == code_version()
+    assert code_version().startswith(importlib.metadata.version("brain-tumor") + "+")
+    same = _package_copy(tmp_path, "same")
+    assert code_version(same) == code_version()  # the hash is of content and relative paths
+    versions = {}
+    for edit in ("ml/train.py", "ml/models/segmenter.py", "ingest/imaging.py",
+                 "evaluation/metrics.py", "scoring/overlay.py", "store/registry.py", "cli.py"):
+        root = _package_copy(tmp_path, edit.replace("/", "-"), edit)
+        monkeypatch.setattr(train_mod, "code_version", lambda root=root: code_version(root))
+        versions[edit] = model_version_id(record["dataset_version"], settings)
+    changed = {e for e, v in versions.items() if v != record["model_version"]}
+    assert changed == {"ml/train.py", "ml/models/segmenter.py", "ingest/imaging.py",
+                       "evaluation/metrics.py"}
+    assert len({versions[e] for e in changed}) == len(changed)
+
+    # the facade the DAG calls after training follows the code version too
+    monkeypatch.setattr(train_mod, "code_version", lambda: code_version(same))
+    assert steps.expected_model_version(settings, record["dataset_version"]) == \
+        record["model_version"]
+    edited = _package_copy(tmp_path, "edited", "ml/inputs.py")
+    monkeypatch.setattr(train_mod, "code_version", lambda: code_version(edited))
+    retrained = model_version_id(record["dataset_version"], settings)
+    assert retrained != record["model_version"]
+    with pytest.raises(ModelNotFound, match=retrained):
+        steps.expected_model_version(settings, record["dataset_version"])
+
+
+def test_code_version_sources_are_listed_and_hashed_in_a_stable_order(tmp_path):
+    from brain_tumor.store.datasets import CODE_SOURCES, code_version
+
+    root = _package_copy(tmp_path, "copy")
+    assert code_version(root, CODE_SOURCES) == code_version(root, tuple(reversed(CODE_SOURCES)))
+    assert code_version(root, ("ml",)) != code_version(root, CODE_SOURCES)
+    with pytest.raises(FileNotFoundError, match="nowhere.py"):
+        code_version(root, ("nowhere.py",))
+
+
+def test_version_flag_prints_the_package_and_code_versions(capsys):
+    from brain_tumor.cli import main
+    from brain_tumor.store.datasets import code_version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == \
+        f"brain-tumor {importlib.metadata.version('brain-tumor')} (code version {code_version()})\n"

@@ -40,7 +40,7 @@ def env(trained) -> tuple[Settings, ObjectStore]:
 
 def _upload_study(store: ObjectStore, settings: Settings, tmp_path: Path, study_id: str,
                   **spec: object) -> list[str]:
-    """Write a one-patient synthetic export and upload its non-mask slices as a study."""
+    """Write a one-patient synthetic export, upload its non-mask slices as a study, seal it."""
     values: dict = {"patients": 1, "slices": 6, "size": 32, "seed": 5, "tumor_free_patients": 0,
                     "tumor_fraction": 0.5, **spec}
     root = make_export(tmp_path / study_id, SynthSpec(**values)).root
@@ -51,6 +51,7 @@ def _upload_study(store: ObjectStore, settings: Settings, tmp_path: Path, study_
         key = IncomingStore(store, settings).prefix(study_id) + path.relative_to(root).as_posix()
         store.put(key, path.read_bytes())
         keys.append(key)
+    IncomingStore(store, settings).seal(study_id)
     return keys
 
 
@@ -69,6 +70,7 @@ def test_score_good_study_writes_every_output(env, model, tmp_path, monkeypatch)
     sid = f"study-{uuid.uuid4().hex[:8]}"
     keys = _upload_study(store, settings, tmp_path, sid)
     store.put(IncomingStore(store, settings).prefix(sid) + "notes.txt", b"ignored")
+    IncomingStore(store, settings).seal(sid)
     puts: list[str] = []
     real_put = store.put
     monkeypatch.setattr(store, "put",
@@ -192,6 +194,7 @@ def test_fixed_study_scores_and_its_quarantine_record_goes(env, model, tmp_path)
     with pytest.raises(score.StudyRejected):
         score.score_study(store, settings, model, "fixme")
     store.delete(keys[-1])  # the sender re-uploads the study without the broken slice
+    IncomingStore(store, settings).seal("fixme")
 
     assert score.score_study(store, settings, model, "fixme")["status"] == "scored"
     assert not store.exists(ScoreStore(store, settings).quarantine_key(model.version, "fixme"))
@@ -207,7 +210,8 @@ def test_upload_study_leaves_masks_out(env, tmp_path):
     sid, count = upload_study(IncomingStore(store, settings), folder)
     assert (sid, count) == (folder.name, 3)
     assert sorted(o.key for o in store.list(IncomingStore(store, settings).prefix(sid))) == sorted(
-        f"incoming/{sid}/{p.name}" for p in folder.glob("*.tif") if "mask" not in p.name)
+        [f"incoming/{sid}/{p.name}" for p in folder.glob("*.tif") if "mask" not in p.name]
+        + [f"incoming/{sid}/_manifest.json"])
     with pytest.raises(ValueError, match="no slice TIFFs"):
         upload_study(IncomingStore(store, settings), tmp_path)
 
@@ -217,6 +221,7 @@ def test_empty_study_is_rejected(env, model):
     prefix = IncomingStore(store, settings).prefix("empty1")
     store.put(prefix + "README.txt", b"no slices here")
     store.put(prefix + "P/P_1_mask.tif", b"masks are ignored")
+    IncomingStore(store, settings).seal("empty1")
     with pytest.raises(score.StudyRejected) as info:
         score.score_study(store, settings, model, "empty1")
     assert info.value.reason == "empty"
@@ -230,6 +235,7 @@ def test_duplicate_slice_numbers_are_rejected(env, model, tmp_path):
     for key in keys:  # the same slices again, under a second patient folder
         copy = IncomingStore(store, settings).prefix("dup") + "OTHER/" + key.rsplit("/", 1)[1]
         store.put(copy, store.get(key))
+    IncomingStore(store, settings).seal("dup")
     with pytest.raises(score.StudyRejected) as info:
         score.score_study(store, settings, model, "dup")
     assert info.value.reason == "duplicate" and len(info.value.files) == 4

@@ -29,7 +29,10 @@ def test_keys_follow_the_documented_layout(settings):
 
 def test_commit_writes_summary_then_marker_and_clears_quarantine(store, settings):
     scores = ScoreStore(store, settings)
-    scores.quarantine("m-1", "s1", {"study_id": "s1", "reason": "empty"})
+    scores.quarantine("m-1", "s1", {"study_id": "s1", "model_version": "m-1", "reason": "empty",
+                                    "detail": "no slices", "files": [], "at": "2026-06-01"})
+    with pytest.raises(SchemaError):
+        scores.quarantine("m-1", "s2", {"study_id": "s2", "reason": "empty"})
     assert scores.quarantined_ids("m-1").keys() == {"s1"}
     assert scores.result("m-1", "s1") is None
     assert scores.commit("m-1", "s1", dict(SUMMARY), {"study_id": "s1"}) is True
@@ -67,7 +70,11 @@ def test_incoming_lists_valid_studies_and_their_arrival(store, settings):
     incoming.put("a1", "sub/x_2.tif", b"2")
     incoming.put("b2", "y_1.tif", b"3")
     store.put(settings.key("incoming", "bad id", "z_1.tif"), b"4")
+    incoming.put("c3", "z_1.tif", b"5")  # no manifest: an upload not finished
+    for sid in ("a1", "b2"):
+        incoming.seal(sid)
     assert incoming.study_ids() == ["a1", "b2"]
+    assert list(incoming.incomplete()) == ["c3"]
     assert set(incoming.arrivals()) == {"a1", "b2"}
     assert sorted(rel for rel, _ in incoming.objects("a1")) == ["sub/x_2.tif", "x_1.tif"]
     with pytest.raises(InvalidId):

@@ -52,14 +52,17 @@ def test_round_trip_seaweedfs(seaweed):
 @pytest.mark.seaweedfs
 def test_seaweedfs_checks_credentials(seaweed):
     settings = load_settings(env={}, s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
-                             s3_secret_access_key="wrong", s3_max_attempts=1)
+                             s3_access_key_id=seaweed.access_key, s3_secret_access_key="wrong",
+                             s3_max_attempts=1)
     with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKey"):
         list(ObjectStore.from_settings(settings).list(""))
 
 
 @pytest.mark.seaweedfs
 def test_seaweedfs_write_once_under_concurrency(seaweed):
-    settings = load_settings(env={}, s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket)
+    settings = load_settings(env={}, s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
+                             s3_access_key_id=seaweed.access_key,
+                             s3_secret_access_key=seaweed.secret_key)
     store = ObjectStore.from_settings(settings)
     wins: list[int] = []
     barrier = threading.Barrier(6)

@@ -95,3 +95,11 @@ def test_batch_key_is_safe_for_any_run_id():
     assert scores.batch_key("../../x") == "scores/batches/.._.._x.json"
 
 
+
+
+def test_chunks_keep_the_order_and_cap_the_size():
+    assert batch.chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert batch.chunks(["a"], 8) == [["a"]]
+    assert batch.chunks([], 3) == []
+    with pytest.raises(ValueError, match="received 0"):
+        batch.chunks(["a"], 0)
