@@ -325,6 +325,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor import steps
     from brain_tumor.store.registry import Registry
 
     registry = Registry(_store(settings), settings)
@@ -355,9 +356,9 @@ def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "promote":
         if not args.model_version:
             raise ValueError("registry promote needs a MODEL_VERSION")
-        event = registry.promote(args.model_version, reason=reason, run_id="cli")
+        event = steps.promote(settings, args.model_version, reason=reason, run_id="cli")
     else:
-        event = registry.rollback(reason=reason, run_id="cli")
+        event = steps.rollback(settings, reason=reason, run_id="cli")
     _emit(args, event, f"{event['action']} {event['model_version']} "
                        f"(was {event['previous_champion']}): {event['reason']}")
     return 0
@@ -409,8 +410,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
-    data = settings.public_dict()
-    _emit(args, data, "\n".join(f"BRAIN_TUMOR_{k.upper():26} {v}" for k, v in data.items()))
+    data = settings.public_dict()  # secrets masked
+    fields = Settings.model_fields
+    width = max(len(k) for k in data)
+    lines = []
+    for k, v in data.items():
+        about = fields[k].description
+        line = f"BRAIN_TUMOR_{k.upper():{width}} {v!s:24}"
+        lines.append(f"{line}  # {about}" if about else line.rstrip())
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -565,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="a local export folder or archive to use instead, e.g. the "
                                     "real LGG archive")
 
-    add("settings", cmd_settings, "Show every setting and its current value.")
+    add("settings", cmd_settings, "Show every setting, its current value and what it does.")
     add("schemas", cmd_schemas, "Print the schemas of every object the pipeline writes (Markdown).")
     return parser
 

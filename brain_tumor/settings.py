@@ -213,6 +213,25 @@ class Settings(BaseModel):
     alert_apprise_conn_id: str = Field("apprise_default",
                                        description="Airflow connection of the apprise notifier.")
 
+    # --- metrics ---
+    statsd_host: str | None = Field(
+        None, description="StatsD server (UDP) the pipeline's metrics go to, beside Airflow's "
+                          "own (e.g. a statsd-exporter); unset: no metrics are sent.")
+    statsd_port: int = Field(8125, ge=1, le=65535, description="UDP port of the StatsD server.")
+    statsd_prefix: str = Field(
+        "brain_tumor", pattern=r"^[A-Za-z0-9_.-]*$",
+        description="Prefix of every metric name (letters, digits, '_', '.', '-'; may be empty).")
+
+    # --- tracking ---
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server (http://host:5000) that mirrors trainings, "
+                          "evaluations and the champion; unset: no MLflow. The S3 registry "
+                          "stays the source of truth.")
+    mlflow_experiment: str = Field("brain-tumor", description="MLflow experiment of the "
+                                                              "training runs.")
+    mlflow_model_name: str = Field("brain-tumor-detector", description="MLflow registered model "
+                                   "whose 'champion' alias follows the champion.")
+
     # --- promotion gate ---
     gate_min_sensitivity: float = Field(0.80, ge=0, le=1, description="Slice sensitivity floor.")
     gate_min_roc_auc: float = Field(0.85, ge=0, le=1, description="Slice ROC-AUC floor.")

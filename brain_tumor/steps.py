@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from brain_tumor import telemetry
 from brain_tumor.evaluation import catalog
 from brain_tumor.ingest.exports import export_states
 from brain_tumor.ingest.run import IngestError, ingest_exports
@@ -104,9 +105,14 @@ def split(settings: Settings, dataset_version: str | None = None) -> dict[str, A
 def train(settings: Settings, dataset_version: str | None = None,
           verbose: int = 2) -> dict[str, Any]:
     """Train a model version on a dataset version (default HEAD); returns its model.json."""
+    import time
+
     from brain_tumor.ml.train import train_model
 
-    return train_model(open_store(settings), settings, dataset_version, verbose=verbose)
+    clock = time.perf_counter()
+    record = train_model(open_store(settings), settings, dataset_version, verbose=verbose)
+    telemetry.report_training(settings, time.perf_counter() - clock)
+    return record
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +125,27 @@ def evaluate(settings: Settings, model_version: str, dataset_version: str | None
     """Evaluate a model version on the test patients of a dataset version (default: its own)."""
     from brain_tumor.evaluation.run import evaluate_model_version
 
-    metrics = evaluate_model_version(open_store(settings), settings, model_version,
-                                     dataset_version, progress=progress)
+    store = open_store(settings)
+    metrics = evaluate_model_version(store, settings, model_version, dataset_version,
+                                     progress=progress)
+    _mirror_evaluation(settings, store, model_version, metrics)
     return {"model_version": model_version, "dataset_version": metrics["dataset_version"],
             "threshold": metrics["threshold"], **headline(metrics)}
+
+
+def _mirror_evaluation(settings: Settings, store: ObjectStore, model_version: str,
+                       metrics: dict[str, Any]) -> None:
+    """Add an evaluation, its plots and model card to the model's MLflow run (when tracking)."""
+    from brain_tumor import tracking
+    from brain_tumor.store.modelstore import ModelStore
+
+    if not tracking.enabled(settings):
+        return
+    dataset_version = metrics["dataset_version"]
+    prefix = ModelStore(store, settings).evaluation_key(model_version, dataset_version, "") + "/"
+    files = {info.key[len(prefix):]: store.get(info.key) for info in store.list(prefix)
+             if info.key.endswith((".png", ".md"))}
+    tracking.log_evaluation(settings, model_version, dataset_version, metrics, files)
 
 
 def expected_model_version(settings: Settings, dataset_version: str) -> str:
@@ -167,6 +190,7 @@ def gate(settings: Settings, candidate: str, dataset_version: str,
     if not store.put_json(key, validate_record("gate_result", result), new=True):
         log.info("gate result %s exists already (re-run); keeping the first", key)
     log.info("gate for %s: %s", candidate, result["explanation"])
+    telemetry.report_gate(settings, result)
     return result
 
 
@@ -175,15 +199,46 @@ def decide(settings: Settings, gate_result: dict[str, Any],
     """Promote a candidate that passed the gate, else record its rejection; returns the event."""
     from brain_tumor.store.registry import Registry
 
-    registry = Registry(open_store(settings), settings)
     candidate = gate_result["model_version"]
     metrics = gate_result.get("candidate_metrics")
     if gate_result["passed"]:
-        return registry.promote(candidate, reason="passed the gate: " + gate_result["explanation"],
-                                metrics=metrics, dataset_version=gate_result["dataset_version"],
-                                run_id=run_id, expected_champion=gate_result["champion_version"])
+        return promote(settings, candidate, reason="passed the gate: " +
+                       gate_result["explanation"], metrics=metrics,
+                       dataset_version=gate_result["dataset_version"], run_id=run_id,
+                       expected_champion=gate_result["champion_version"])
+    registry = Registry(open_store(settings), settings)
     return registry.reject(candidate, reason=gate_result["explanation"], metrics=metrics,
                            dataset_version=gate_result["dataset_version"], run_id=run_id)
+
+
+def promote(settings: Settings, model_version: str, *, reason: str,
+            run_id: str | None = None, **options: Any) -> dict[str, Any]:
+    """Make a model version the champion (registry event, then the MLflow mirror); the event.
+
+    ``options`` go to ``Registry.promote`` (metrics, dataset_version, expected_champion).
+    """
+    from brain_tumor.store.registry import Registry
+
+    event = Registry(open_store(settings), settings).promote(model_version, reason=reason,
+                                                              run_id=run_id, **options)
+    _mirror_champion(settings, event)
+    return event
+
+
+def rollback(settings: Settings, *, reason: str, run_id: str | None = None) -> dict[str, Any]:
+    """Return to the previous champion (registry event, then the MLflow mirror); the event."""
+    from brain_tumor.store.registry import Registry
+
+    event = Registry(open_store(settings), settings).rollback(reason=reason, run_id=run_id)
+    _mirror_champion(settings, event)
+    return event
+
+
+def _mirror_champion(settings: Settings, event: dict[str, Any]) -> None:
+    """Mirror a committed champion move to MLflow (when tracking); never raises."""
+    from brain_tumor.tracking import mirror_champion
+
+    mirror_champion(settings, event)
 
 
 def score(settings: Settings, study_ids: list[str] | None = None,
@@ -308,4 +363,5 @@ def finish_batch(settings: Settings, plan: dict[str, Any], results: list[dict[st
              "%d with tumor -> %s", run_id, summary["studies_scored"],
              summary["studies_skipped"], summary["studies_quarantined"],
              summary["studies_failed"], summary["studies_deferred"], summary["tumors_found"], key)
+    telemetry.report_batch(settings, summary)
     return summary

@@ -46,12 +46,13 @@ from brain_tumor.store.datasets import (
     INGESTED,
     REJECTED,
     DatasetStore,
+    Head,
     code_version,
     utc_now,
     version_id,
 )
 from brain_tumor.store.schemas import SCHEMAS
-from brain_tumor.store.storage import ObjectStore
+from brain_tumor.store.storage import ObjectStore, PreconditionFailed
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,33 @@ def clean_stale_workdirs(root: Path, max_age_s: float = STALE_WORKDIR_SECONDS) -
     return removed
 
 
+def _ingested_meanwhile(datasets: DatasetStore, export_id: str,
+                        fingerprint: str) -> IngestResult | None:
+    """The result of another ingest of the same export that finished while this one ran."""
+    entry = datasets.entry(export_id)
+    if entry is None or entry["status"] == REJECTED or entry["fingerprint"] != fingerprint:
+        return None
+    log.warning("export %s was ingested into %s by another ingest while this one ran; this run "
+                "writes nothing more", export_id, entry["dataset_version"])
+    return _already_ingested(datasets, entry, export_id)
+
+
+def _move_head(datasets: DatasetStore, version: str, head: Head, export_id: str) -> None:
+    """Move HEAD from what was read to version; another ingest moving it meanwhile is named."""
+    try:
+        datasets.move_head(version, head)
+    except PreconditionFailed as exc:
+        now = datasets.head()
+        if now.version == version:
+            log.warning("dataset HEAD was moved to %s by another ingest at the same time (of "
+                        "export %s or one with the same slices); keeping it", version, export_id)
+            return
+        raise IngestError(f"export {export_id}: dataset HEAD moved from {head.version} to "
+                          f"{now.version} while this ingest ran (another ingest at the same "
+                          f"time); HEAD and the ledger are unchanged by this run: run the "
+                          f"ingest of {export_id} again") from exc
+
+
 def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
                   progress: bool = False) -> IngestResult:
     """Ingest one export into a new dataset version (idempotent: a re-run changes nothing).
@@ -466,6 +494,8 @@ def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
     parent_exports = datasets.record(head.version)["exports"] if head.version else []
     record = _version_record(version, head.version, sorted(set(parent_exports) | {export_id}),
                              manifest, quarantine, changes)
+    if (raced := _ingested_meanwhile(datasets, export_id, files.fingerprint)) is not None:
+        return raced
     status, note = INGESTED, None
     if datasets.commit(version, manifest, quarantine, changes, record):
         log.info("committed dataset version %s (%s)", version, record["counts"])
@@ -475,7 +505,7 @@ def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
                 f"export(s) {', '.join(earlier)})")
         log.info("export %s %s", export_id, note)
     if head.version != version:
-        datasets.move_head(version, head)
+        _move_head(datasets, version, head, export_id)
     if not datasets.write_ledger({"export_id": export_id, "status": status, "reason": note,
                                   "fingerprint": files.fingerprint, "dataset_version": version,
                                   "ingested_at": utc_now(), "counts": counts}):

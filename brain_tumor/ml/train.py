@@ -28,6 +28,7 @@ from brain_tumor.settings import Settings
 from brain_tumor.store.datasets import DatasetStore, code_version, utc_now
 from brain_tumor.store.modelstore import ModelStore
 from brain_tumor.store.storage import ObjectStore
+from brain_tumor.tracking import log_training
 
 log = logging.getLogger(__name__)
 
@@ -252,5 +253,6 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
              "code_version": code_version(), "training": training_config(settings),
              "settings": settings.public_dict()}, indent=2, default=str))
         models.publish(version, out, record)
+        log_training(settings, record, {"classifier": c_hist, "segmenter": s_hist}, out)
     log.info("trained model version %s on %s (threshold %.3f)", version, dataset_version, threshold)
     return record

@@ -175,7 +175,8 @@ class DatasetStore:
 
     def commit(self, version: str, manifest: pd.DataFrame, quarantine: pd.DataFrame,
                changes: pd.DataFrame, record: dict) -> bool:
-        """Write a version's objects, dataset.json last; False if it existed already."""
+        """Write a version's objects, dataset.json last; False if it existed already (or another
+        writer committed it first: its dataset.json is kept)."""
         if self.exists(version):
             return False
         self.store.put_parquet(self.key(version, "manifest.parquet"),
@@ -184,9 +185,8 @@ class DatasetStore:
                                validate_table("quarantine", quarantine))
         self.store.put_parquet(self.key(version, "changes.parquet"),
                                validate_table("changes", changes))
-        self.store.put_json(self.key(version, "dataset.json"), validate_record("dataset", record),
-                            new=True)
-        return True
+        return self.store.put_json(self.key(version, "dataset.json"),
+                                   validate_record("dataset", record), new=True)
 
     def write_split(self, version: str, split: pd.DataFrame) -> bool:
         """Write the version's split once; False if an identical one exists, error if different."""

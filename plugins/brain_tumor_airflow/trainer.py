@@ -73,7 +73,9 @@ class TrainerDockerOperator(DockerOperator):
         from docker.types import DeviceRequest
 
         settings = task_settings()
-        self.environment, self.private_environment = container_environment(settings)
+        # DockerOperator reads the private part from _private_environment (kept out of the
+        # rendered template fields and the task's logs)
+        self.environment, self._private_environment = container_environment(settings)
         self.image = settings.trainer_image
         self.docker_url = settings.docker_url
         self.network_mode = settings.docker_network_mode

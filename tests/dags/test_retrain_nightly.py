@@ -70,7 +70,7 @@ def test_dag_shape(get_dag: Callable[[str], Any]) -> None:
     assert down["evaluate"] == {"gate"} and down["champion"] == {"gate"}
     assert down["route"] == {"promote", "reject"}
     assert type(dag.get_task("find_new_exports")).__name__ == "_ShortCircuitDecoratedOperator"
-    assert type(dag.get_task("train")).__name__ == "BashOperator"  # the embedded default
+    assert type(dag.get_task("train")).__name__ == "TrainerBashOperator"  # the embedded default
     assert dag.get_task("train").pool == "brain_tumor_gpu"
     # the tasks that need TensorFlow go to the ML workers' queue, the rest to the default one
     queues = {t: dag.get_task(t).queue for t in TASKS}
