@@ -1,6 +1,6 @@
 """The demo's progress lines, from `airflow dags test` output captured from real runs.
 
-``airflow_dags_test_output.log`` holds lines of Airflow 3.3's ``dags test`` output, unedited:
+``airflow_dags_test_output.txt`` holds lines of Airflow 3.3's ``dags test`` output, unedited:
 the demo's retrain_nightly run (the train task with its epoch lines), a mapped task of its
 batch_score run, and a DAG whose task failed.
 """
@@ -13,7 +13,7 @@ import pytest
 
 from brain_tumor.devtools.demo import DagTestProgress, format_duration
 
-CAPTURED = Path(__file__).with_name("airflow_dags_test_output.log")
+CAPTURED = Path(__file__).with_name("airflow_dags_test_output.txt")
 
 
 def _shown(lines: list[str], now: float = 0.0) -> list[str]:
