@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -64,3 +65,13 @@ def copy_model(src: Settings, version: str, dst: Settings, as_version: str | Non
     record = {**ModelStore(source, src).record(version), "model_version": new}
     target.put_json(ModelStore(target, dst).key(new, "model.json"), record)
     return new
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a server a test started; kill it if it does not stop within timeout."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

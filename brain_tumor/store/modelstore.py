@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from brain_tumor.settings import Settings
+from brain_tumor.store.ids import check_model_version
 from brain_tumor.store.schemas import validate_record
 from brain_tumor.store.storage import KeyNotFound, ObjectStore, StorageError
 
@@ -31,8 +32,8 @@ class ModelStore:
         self.settings = settings
 
     def key(self, version: str, *parts: str) -> str:
-        """Key of one object of a model version."""
-        return self.settings.key("models", version, *parts)
+        """Key of one object of a model version (the version checked against the id rule)."""
+        return self.settings.key("models", check_model_version(version), *parts)
 
     def exists(self, version: str) -> bool:
         """Whether the version was published completely."""

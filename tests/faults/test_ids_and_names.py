@@ -127,3 +127,13 @@ def test_score_refuses_the_id_and_writes_nothing(trained, study_id):
     with pytest.raises(ids.InvalidId, match="invalid study id"):
         score_study(store, settings, model, study_id)
     assert _all_keys(store) == []
+
+
+@pytest.mark.parametrize("bad", ["../m-1", "m-1\n", "a/b"])
+def test_promote_and_score_refuse_a_model_version_outside_the_id_rule(cli_env, capsys, bad):
+    from brain_tumor.cli import main
+
+    assert main(["registry", "promote", bad]) == 1
+    assert "model version id" in capsys.readouterr().err
+    assert main(["score", "--model-version", bad]) == 1
+    assert "model version id" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import TINY_TRAINING, copy_model, free_port, unavailable
+from support import TINY_TRAINING, copy_model, free_port, stop_process, unavailable
 
 from brain_tumor import steps, tracking
 from brain_tumor.settings import load_settings
@@ -70,11 +70,7 @@ def mlflow_url(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
         _wait_healthy(url, proc, log_file)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, unavailable
+from support import free_port, stop_process, unavailable
 
 from brain_tumor import steps, telemetry
 from brain_tumor.evaluation.gate import GateConfig, run_gate
@@ -98,12 +98,7 @@ def statsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Statsd]:
         _wait_until_up(daemon, server, work / "statsd.log")
         yield daemon
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
 
 
