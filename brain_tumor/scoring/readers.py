@@ -270,3 +270,8 @@ def upload_study(incoming: IncomingStore, folder: Path, study_id: str | None = N
     log.info("uploaded study %s: %d slices to %s (%d sent, %d already there)", sid, len(files),
              incoming.prefix(sid), counts["sent"], counts["kept"])
     return sid, len(files)
+
+
+def study_reader(incoming: IncomingStore, settings: Settings) -> TiffFolderReader:
+    """The reader for studies in ``incoming/``."""
+    return TiffFolderReader(incoming, settings.io_workers, settings.expected_slice_size)

@@ -26,11 +26,11 @@ from brain_tumor.scoring.contracts import (
     StudyReader,
     StudyRejected,
 )
-from brain_tumor.scoring.engines import KerasEngine
+from brain_tumor.scoring.engines import inference_engine
 from brain_tumor.scoring.geometry import study_volume
-from brain_tumor.scoring.postprocess import SliceThreshold
-from brain_tumor.scoring.readers import TiffFolderReader
-from brain_tumor.scoring.writers import PictureWriter, SlicesTableWriter
+from brain_tumor.scoring.postprocess import post_processor
+from brain_tumor.scoring.readers import study_reader
+from brain_tumor.scoring.writers import output_writers
 from brain_tumor.settings import Settings
 from brain_tumor.store.datasets import utc_now
 from brain_tumor.store.incoming import IncomingStore
@@ -77,6 +77,7 @@ class ScoringPipeline:
             "tumor_present": tumor_slices > 0, "tumor_slices": tumor_slices,
             "slices": len(study.images), "tumor_volume_voxels": study_volume(pred.masks),
             "max_probability": float(np.max(pred.prob)), "scored_at": utc_now(),
+            **study.summary, **pred.summary,
         }
         marker = {"study_id": study_id, "model_version": mv, "at": utc_now()}
         if not self.scores.commit(mv, study_id, summary, marker):
@@ -89,13 +90,12 @@ class ScoringPipeline:
 
 
 def build_pipeline(store: ObjectStore, settings: Settings, model: LoadedModel) -> ScoringPipeline:
-    """The default pipeline: TIFF folders, the Keras engine, per-slice threshold, every output."""
+    """The pipeline the settings and the model version call for, one implementation a seam."""
     return ScoringPipeline(
-        reader=TiffFolderReader(IncomingStore(store, settings), settings.io_workers,
-                                settings.expected_slice_size),
-        engine=KerasEngine(model, settings.batch_size),
-        postprocess=SliceThreshold(settings.mask_threshold),
-        writers=[SlicesTableWriter(), PictureWriter(settings.io_workers)],
+        reader=study_reader(IncomingStore(store, settings), settings),
+        engine=inference_engine(model, settings),
+        postprocess=post_processor(model.record, settings),
+        writers=output_writers(settings),
         scores=ScoreStore(store, settings),
     )
 

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from brain_tumor.scoring.contracts import Study, StudyPrediction
+from brain_tumor.scoring.contracts import OutputWriter, Study, StudyPrediction
 from brain_tumor.scoring.overlay import contact_sheet, encode_png, overlay
+from brain_tumor.settings import Settings
 from brain_tumor.store.schemas import validate_table
 from brain_tumor.store.scores import ScoreStore
 
@@ -87,3 +88,8 @@ class PictureWriter:
         scores.put_output(model_version, sid, "overview.png", encode_png(sheet), "image/png")
         return [*(f"masks/{idx[i]}.png" for i in tumor), *(f"overlays/{idx[i]}.png" for i in tumor),
                 "overview.png"]
+
+
+def output_writers(settings: Settings) -> list[OutputWriter]:
+    """Every output a scored study gets: the slices table and the pictures."""
+    return [SlicesTableWriter(), PictureWriter(settings.io_workers)]
