@@ -1,0 +1,304 @@
+"""Out-of-distribution check: how unlike the training slices a slice or a study is.
+
+Two detectors, each a distance to the training patients' slices, computed on the model's actual
+input (after resizing and intensity mapping; native size is not a signal):
+
+- ``input``: cheap statistics of the image itself (``input_statistics``: foreground fraction,
+  per-channel mean, spread, histogram and edge energy over the foreground, correlation between
+  channels), as a Mahalanobis distance with a shrunk covariance (Ledoit-Wolf);
+- ``features``: what the classifier itself sees, its penultimate (global-pooled) features,
+  projected on the training slices' leading principal components and whitened; the distance is
+  the norm of the whitened projection (Mahalanobis in that subspace). Used when the engine
+  returns features.
+
+Each detector's bound is a quantile of the **validation** slices' distances (``slice_rate``, the
+share of in-distribution slices allowed over it), never of test slices. A slice is flagged when
+any distance passes its bound; a study is flagged when at least ``study_share`` of its slices
+are. A flag says the input differs from what the model learned from; it does not say the
+prediction is wrong, and no flag does not say it is right.
+
+Drift compares a batch's distribution of a value (study OOD scores, predicted probabilities)
+with the same value on the validation slices: the population stability index (``psi``) and
+the two-sample Kolmogorov-Smirnov statistic (``ks_statistic``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: a pixel belongs to the head when any channel reaches this level (0..255 input)
+FOREGROUND_LEVEL = 10.0
+HIST_BINS = 8
+#: the features detector keeps at most this many principal components
+MAX_COMPONENTS = 32
+#: drift bound for the population stability index (0.25: a shift worth acting on)
+PSI_BOUND = 0.25
+#: how many reference values are kept for drift comparisons
+DRIFT_SAMPLE = 2000
+
+_CHANNELS = ("pre", "flair", "post")
+INPUT_STAT_NAMES: tuple[str, ...] = (
+    "foreground_fraction",
+    *(f"{c}_mean" for c in _CHANNELS),
+    *(f"{c}_std" for c in _CHANNELS),
+    *(f"{c}_edge" for c in _CHANNELS),
+    *(f"{c}_hist{b}" for c in _CHANNELS for b in range(HIST_BINS)),
+    "corr_pre_flair", "corr_pre_post", "corr_flair_post",
+)
+
+
+def input_statistics(x: np.ndarray) -> np.ndarray:
+    """N x D statistics (``INPUT_STAT_NAMES``) of model-input slices (N x S x S x 3, 0..255)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"slices must be N x S x S x 3, received shape {x.shape}")
+    out = np.zeros((x.shape[0], len(INPUT_STAT_NAMES)), np.float64)
+    for n, img in enumerate(x):
+        fg = img.max(axis=-1) >= FOREGROUND_LEVEL
+        row: list[float] = [float(fg.mean())]
+        vals = img[fg] if fg.any() else np.zeros((1, 3), np.float32)
+        row += [float(v) for v in vals.mean(axis=0) / 255.0]
+        row += [float(v) for v in vals.std(axis=0) / 255.0]
+        grad_y = np.abs(np.diff(img, axis=0))[:, :-1][fg[:-1, :-1]]
+        grad_x = np.abs(np.diff(img, axis=1))[:-1, :][fg[:-1, :-1]]
+        edge = ((grad_y.mean(axis=0) + grad_x.mean(axis=0)) / 255.0 if grad_y.size
+                else np.zeros(3))
+        row += [float(v) for v in edge]
+        for c in range(3):
+            hist, _ = np.histogram(vals[:, c], bins=HIST_BINS, range=(0.0, 256.0))
+            row += [float(v) for v in hist / max(1, len(vals))]
+        row += _correlations(vals)
+        out[n] = row
+    return out
+
+
+def _correlations(vals: np.ndarray) -> list[float]:
+    """Pearson correlation of the three channel pairs over the foreground (0 when flat)."""
+    result = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        sa, sb = vals[:, a].std(), vals[:, b].std()
+        if sa < 1e-6 or sb < 1e-6:
+            result.append(0.0)
+        else:
+            result.append(float(np.mean((vals[:, a] - vals[:, a].mean())
+                                        * (vals[:, b] - vals[:, b].mean())) / (sa * sb)))
+    return result
+
+
+@dataclass
+class Detector:
+    """One distance: a centre, a whitening matrix, and the bound set on validation slices."""
+
+    name: str
+    mean: np.ndarray  # D
+    whiten: np.ndarray  # D x K: (v - mean) @ whiten has identity covariance on training slices
+    bound: float = float("inf")
+
+    def distance(self, values: np.ndarray) -> np.ndarray:
+        """N distances of N x D values to the training slices."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"{self.name}: expected N x {self.mean.shape[0]} values, received "
+                             f"shape {values.shape}")
+        return np.linalg.norm((values - self.mean) @ self.whiten, axis=1)
+
+
+def fit_input_detector(train_stats: np.ndarray) -> Detector:
+    """Mahalanobis distance on input statistics, covariance shrunk by Ledoit-Wolf."""
+    from sklearn.covariance import LedoitWolf
+
+    train_stats = _at_least(train_stats, 2, "input statistics")
+    cov = LedoitWolf().fit(train_stats).covariance_
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.maximum(vals, 1e-9 * max(1.0, float(vals.max())))
+    return Detector("input", train_stats.mean(axis=0), vecs / np.sqrt(vals))
+
+
+def fit_feature_detector(train_features: np.ndarray,
+                         max_components: int = MAX_COMPONENTS) -> Detector:
+    """Whitened projection on the training features' leading principal components."""
+    train_features = _at_least(train_features, 3, "features")
+    mean = train_features.mean(axis=0)
+    _, sing, vt = np.linalg.svd(train_features - mean, full_matrices=False)
+    k = int(min(max_components, len(sing) - 1, np.sum(sing > 1e-8 * sing[0])))
+    if k < 1:
+        raise ValueError("features: the training slices' features do not vary")
+    scale = sing[:k] / np.sqrt(len(train_features) - 1)
+    return Detector("features", mean, vt[:k].T / scale)
+
+
+def _at_least(values: np.ndarray, rows: int, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or len(values) < rows:
+        raise ValueError(f"{what}: need at least {rows} training slices as rows, received shape "
+                         f"{values.shape}")
+    return values
+
+
+def set_bound(detector: Detector, validation_values: np.ndarray, slice_rate: float) -> float:
+    """Set the bound to the (1 - slice_rate) quantile of the validation slices' distances."""
+    if not 0.0 < slice_rate < 1.0:
+        raise ValueError(f"slice_rate must be in (0, 1), received {slice_rate}")
+    dist = detector.distance(validation_values)
+    if len(dist) == 0:
+        raise ValueError("no validation slices to set the bound on")
+    detector.bound = float(np.quantile(dist, 1.0 - slice_rate))
+    return detector.bound
+
+
+@dataclass
+class Reference:
+    """What a model version's OOD check needs: detectors with bounds, and drift references."""
+
+    detectors: list[Detector]
+    slice_rate: float  # the share of validation slices allowed over each bound
+    study_share: float  # a study is flagged when this share of its slices is
+    validation: dict[str, np.ndarray] = field(default_factory=dict)  # drift reference samples
+    facts: dict[str, Any] = field(default_factory=dict)  # slices used, per split
+
+    def detector(self, name: str) -> Detector | None:
+        """The detector named ``name``, or None."""
+        return next((d for d in self.detectors if d.name == name), None)
+
+    def to_bytes(self) -> bytes:
+        """The reference as one ``.npz`` file."""
+        arrays: dict[str, np.ndarray] = {
+            "names": np.array([d.name for d in self.detectors]),
+            "bounds": np.array([d.bound for d in self.detectors]),
+            "slice_rate": np.array(self.slice_rate), "study_share": np.array(self.study_share),
+            "facts": np.array(repr(sorted(self.facts.items()))),
+        }
+        for d in self.detectors:
+            arrays[f"{d.name}__mean"], arrays[f"{d.name}__whiten"] = d.mean, d.whiten
+        for key, values in self.validation.items():
+            arrays[f"validation__{key}"] = values
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Reference:
+        """Read a reference written by ``to_bytes``."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            detectors = [Detector(str(n), z[f"{n}__mean"], z[f"{n}__whiten"], float(b))
+                         for n, b in zip(z["names"], z["bounds"], strict=True)]
+            validation = {k.split("__", 1)[1]: z[k] for k in z.files
+                          if k.startswith("validation__")}
+            return cls(detectors, float(z["slice_rate"]), float(z["study_share"]), validation)
+
+
+def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *,
+                  slice_rate: float = 0.01, study_share: float = 0.5,
+                  validation_prob: np.ndarray | None = None) -> Reference:
+    """Fit each detector on the training slices and bound it on the validation slices.
+
+    ``train`` and ``validation`` map a detector ("input", optionally "features") to N x D
+    values of that split's slices; ``validation_prob`` (the validation slices' tumor
+    probabilities) becomes the drift reference of predicted probabilities.
+    """
+    if not 0.0 < study_share <= 1.0:
+        raise ValueError(f"study_share must be in (0, 1], received {study_share}")
+    fitters = {"input": fit_input_detector, "features": fit_feature_detector}
+    unknown = sorted(set(train) - set(fitters))
+    if unknown or "input" not in train:
+        raise ValueError(f"detectors are 'input' (required) and 'features', received "
+                         f"{sorted(train)}")
+    detectors, drift = [], {}
+    for name in ("input", "features"):
+        if name not in train:
+            continue
+        if name not in validation:
+            raise ValueError(f"{name}: validation slices are needed to set the bound")
+        det = fitters[name](train[name])
+        set_bound(det, validation[name], slice_rate)
+        detectors.append(det)
+        drift[f"{name}_distance"] = _sample(det.distance(validation[name]) / det.bound)
+    ref = Reference(detectors, slice_rate, study_share, drift,
+                    {"train_slices": len(train["input"]),
+                     "validation_slices": len(validation["input"])})
+    ref.validation["study_score"] = _sample(np.max(
+        [ref.validation[f"{d.name}_distance"] for d in detectors], axis=0))
+    if validation_prob is not None:
+        ref.validation["probability"] = _sample(np.asarray(validation_prob, np.float64))
+    return ref
+
+
+def _sample(values: np.ndarray, size: int = DRIFT_SAMPLE) -> np.ndarray:
+    """At most ``size`` values, evenly spread over the sorted values."""
+    values = np.sort(np.asarray(values, np.float64).reshape(-1))
+    if len(values) <= size:
+        return values
+    return values[np.linspace(0, len(values) - 1, size).round().astype(int)]
+
+
+@dataclass
+class OodResult:
+    """The check's outcome for one study."""
+
+    slice_score: np.ndarray  # N: max over detectors of distance / bound (> 1: flagged)
+    slice_flag: np.ndarray  # N bool
+    flagged: bool  # the study
+    score: float  # the study's score: median slice score
+    reasons: list[dict[str, Any]]  # per detector over its bound: statistic, value, bound, share
+
+    def summary(self) -> dict[str, Any]:
+        """The fields summary.json carries."""
+        return {"out_of_distribution": self.flagged, "ood_score": round(self.score, 4),
+                "ood_slices": int(self.slice_flag.sum()), "ood_reasons": self.reasons}
+
+
+def check(reference: Reference, values: dict[str, np.ndarray]) -> OodResult:
+    """Score one study's slices (``values``: detector name -> N x D) against the reference."""
+    scores, reasons = [], []
+    for det in reference.detectors:
+        if det.name not in values:
+            continue
+        dist = det.distance(values[det.name])
+        ratio = dist / det.bound if det.bound > 0 else np.full(len(dist), np.inf)
+        scores.append(ratio)
+        share = float(np.mean(ratio > 1.0))
+        if share >= reference.study_share:
+            reasons.append({"statistic": f"{det.name}_distance",
+                            "value": round(float(np.median(dist)), 4),
+                            "bound": round(det.bound, 4), "slices_over": round(share, 4)})
+    if not scores:
+        raise ValueError(f"no detector of the reference ({[d.name for d in reference.detectors]})"
+                         f" in the values given ({sorted(values)})")
+    slice_score = np.max(scores, axis=0)
+    flag = slice_score > 1.0
+    return OodResult(slice_score, flag, bool(reasons), float(np.median(slice_score)), reasons)
+
+
+def psi(reference: np.ndarray, sample: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``sample`` against ``reference`` (reference deciles)."""
+    reference = np.asarray(reference, np.float64).reshape(-1)
+    sample = np.asarray(sample, np.float64).reshape(-1)
+    if len(reference) < bins or len(sample) == 0:
+        raise ValueError(f"psi needs >= {bins} reference values and a sample, received "
+                         f"{len(reference)} and {len(sample)}")
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_share = np.bincount(np.searchsorted(edges, reference, side="right"),
+                            minlength=len(edges) + 1) / len(reference)
+    new_share = np.bincount(np.searchsorted(edges, sample, side="right"),
+                            minlength=len(edges) + 1) / len(sample)
+    ref_share, new_share = np.maximum(ref_share, 1e-4), np.maximum(new_share, 1e-4)
+    return float(np.sum((new_share - ref_share) * np.log(new_share / ref_share)))
+
+
+def ks_statistic(reference: np.ndarray, sample: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two CDFs."""
+    reference = np.sort(np.asarray(reference, np.float64).reshape(-1))
+    sample = np.sort(np.asarray(sample, np.float64).reshape(-1))
+    if len(reference) == 0 or len(sample) == 0:
+        raise ValueError("ks_statistic needs two non-empty samples")
+    grid = np.concatenate([reference, sample])
+    cdf_ref = np.searchsorted(reference, grid, side="right") / len(reference)
+    cdf_new = np.searchsorted(sample, grid, side="right") / len(sample)
+    return float(np.max(np.abs(cdf_ref - cdf_new)))
