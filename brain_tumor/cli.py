@@ -78,18 +78,25 @@ def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from brain_tumor.scoring.clinical.dicom_submit import is_dicom_source, upload_dicom_study
     from brain_tumor.scoring.readers import upload_study
     from brain_tumor.store.incoming import IncomingStore
 
     incoming = IncomingStore(_store(settings), settings)
     rows = []
-    for path in args.folders:
-        sid, count = upload_study(incoming, Path(path),
-                                  args.study_id if len(args.folders) == 1 else None,
-                                  io_workers=settings.io_workers)
-        rows.append({"study_id": sid, "slices": count})
-    _emit(args, rows, "\n".join(f"submitted {r['study_id']}: {r['slices']} slices to incoming/"
-                                 for r in rows))
+    for path in map(Path, args.folders):
+        study_id = args.study_id if len(args.folders) == 1 else None
+        if is_dicom_source(path):
+            sid, count = upload_dicom_study(incoming, path, study_id,
+                                            io_workers=settings.io_workers)
+            rows.append({"study_id": sid, "format": "dicom", "files": count})
+        else:
+            sid, count = upload_study(incoming, path, study_id, io_workers=settings.io_workers)
+            rows.append({"study_id": sid, "format": "tiff", "slices": count})
+    _emit(args, rows, "\n".join(
+        f"submitted {r['study_id']}: " + (f"{r['slices']} slices" if "slices" in r else
+                                          f"{r['files']} DICOM objects") + " to incoming/"
+        for r in rows))
     return 0
 
 
@@ -489,12 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--export-id", help="default: the folder or archive name")
 
-    p = add("submit", cmd_submit, "Upload study folders (a patient's slice TIFFs; masks are "
-                                  "left out) to incoming/<study_id>/ for the scoring DAG, each "
-                                  "study's manifest last; submitting a folder again resumes an "
-                                  "interrupted upload.")
-    p.add_argument("folders", nargs="+", metavar="FOLDER")
-    p.add_argument("--study-id", help="default: the folder name (only with one folder)")
+    p = add("submit", cmd_submit, "Upload studies to incoming/<study_id>/ for the scoring DAG, "
+                                  "each study's manifest last: a folder of a patient's slice "
+                                  "TIFFs (masks are left out), or a DICOM study (a folder or "
+                                  "zip of one study's instances, stored as <SOP Instance "
+                                  "UID>.dcm; files that are not DICOM are left out); submitting "
+                                  "again resumes an interrupted upload.")
+    p.add_argument("folders", nargs="+", metavar="PATH")
+    p.add_argument("--study-id", help="default: the folder name of a TIFF study, dcm-<hash of "
+                                      "the Study Instance UID> of a DICOM study (only with one "
+                                      "path)")
 
     p = add("studies", cmd_studies, "List the studies under incoming/ (complete or not); `seal "
                                     "ID` completes a study folder copied by another tool.")

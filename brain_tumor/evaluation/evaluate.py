@@ -4,8 +4,11 @@ Pure functions on arrays (no S3, no Keras). Provenance of the decision threshold
 chooses it on VALIDATION patients only (``metrics.choose_threshold``, stored in model.json);
 ``evaluate`` takes it as an argument and never looks at test labels to choose or adjust it.
 Masks are compared at their native resolution (predicted masks must already be resized back to
-the slice's size). Bootstrap intervals resample PATIENTS, never slices; which metrics get one
-is the catalog's ``interval`` flag.
+the slice's size). Sensitivity, specificity, detection and false positives count the final
+labels of the model's post-processing when ``Predictions.label`` holds them (the same rule
+scoring runs, ``brain_tumor.scoring.postprocess``); ROC-AUC, PR-AUC and calibration rank the
+classifier's probabilities. Bootstrap intervals resample PATIENTS, never slices; which metrics
+get one is the catalog's ``interval`` flag.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Predictions:
     true_masks: list[np.ndarray] | np.ndarray  # N native-size boolean masks
     pred_masks: list[np.ndarray] | np.ndarray  # N predicted masks at the SAME native size
     slice_index: np.ndarray | None = None
+    label: np.ndarray | None = None  # N final labels of the post-processing (None: prob rule)
 
     def __post_init__(self) -> None:
         self.patient_ids = np.asarray([str(x) for x in np.asarray(self.patient_ids).ravel()])
@@ -49,6 +53,9 @@ class Predictions:
         if self.slice_index is not None:
             self.slice_index = np.asarray(self.slice_index).ravel().astype(np.int64)
             sizes["slice_index"] = self.slice_index.size
+        if self.label is not None:
+            self.label = np.asarray(self.label).ravel().astype(np.int64)
+            sizes["label"] = self.label.size
         bad = {k: v for k, v in sizes.items() if v != n}
         if bad:
             raise ValueError(f"{n} patient ids but lengths differ: {bad}")
@@ -59,7 +66,9 @@ class Predictions:
         return int(self.patient_ids.size)
 
     def pred_label(self, threshold: float) -> np.ndarray:
-        """Slice predictions: prob >= threshold."""
+        """Slice predictions: the post-processing's final labels, else prob >= threshold."""
+        if self.label is not None:
+            return self.label != 0
         return self.prob >= threshold
 
 
@@ -149,17 +158,19 @@ def evaluate(
     threshold_source: str = "validation",
     n_boot: int = 1000,
     seed: int = 0,
+    postprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The schema-valid ``metrics`` record of `test` at a threshold chosen elsewhere (validation).
 
     Test labels are never used to choose or adjust `threshold`; it comes from the model
     (chosen on validation patients at training time); threshold_source='test' is refused.
+    ``postprocess`` ({rule, params}) names the rule that made ``test.label`` and the masks.
     """
     if threshold_source.strip().lower() == "test":
         raise ValueError("the threshold must not be chosen on test labels (source 'test')")
     threshold = float(threshold)
     pred = test.pred_label(threshold)
-    cls = m.classification_metrics(test.y_true, test.prob, threshold)
+    cls = m.classification_metrics(test.y_true, test.prob, threshold, label=pred)
     calibration = {
         "brier": cls.pop("brier"),
         "ece": cls.pop("ece"),
@@ -173,6 +184,7 @@ def evaluate(
         "dataset_version": dataset_version,
         "threshold": threshold,
         "threshold_source": threshold_source,
+        "postprocess": postprocess,
         "slice": cls,
         "calibration": calibration,
         "localization": localization,

@@ -1,7 +1,8 @@
 """Evaluation metrics for slice classification and tumor segmentation (numpy + scikit-learn).
 
 Conventions:
-- A slice is predicted positive when ``prob >= threshold``.
+- A slice is predicted positive when ``prob >= threshold``, unless the final labels of a
+  post-processing rule are given (``brain_tumor.scoring.postprocess``).
 - Undefined values (AUC with one class present, 0/0 ratios) are ``None`` so that results
   serialize to JSON ``null`` instead of raising or producing NaN.
 - Masks: nonzero (or True, or 1.0) is tumor; float masks must already be binarized.
@@ -120,12 +121,20 @@ def expected_calibration_error(y_true: Any, prob: Any, bins: int = 10) -> float:
     )
 
 
-def classification_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
-    """Slice-level metrics at `threshold` (JSON-ready; undefined values are None)."""
+def classification_metrics(y_true: Any, prob: Any, threshold: float,
+                           label: Any | None = None) -> dict[str, Any]:
+    """Slice-level metrics (JSON-ready; undefined values are None): the ranking ones from
+    `prob`, the counting ones from the final `label` when given, else from prob >= threshold."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], got {threshold}")
     y, p = _labels_probs(y_true, prob)
-    c = _confusion(y, p >= threshold)
+    if label is None:
+        pred = p >= threshold
+    else:
+        pred = np.asarray(label).ravel().astype(bool)
+        if pred.shape != y.shape:
+            raise ValueError(f"label and y_true differ in length: {pred.size} vs {y.size}")
+    c = _confusion(y, pred)
     tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
     both = 0 < y.sum() < y.size
     return {

@@ -124,7 +124,7 @@ def _pick_slices(test: Predictions, threshold: float, max_grid: int) -> list[int
     y, p = test.y_true, test.prob
     area = np.asarray([np.count_nonzero(t) for t in test.true_masks])
     tumor = _spread(test.patient_ids, np.flatnonzero(y == 1), area)
-    fps = _spread(test.patient_ids, np.flatnonzero((y == 0) & (p >= threshold)), p)
+    fps = _spread(test.patient_ids, np.flatnonzero((y == 0) & test.pred_label(threshold)), p)
     chosen: list[int] = []
     for k in range(max(len(tumor), len(fps))):  # interleave tumor slices and false positives
         chosen += [int(lst[k]) for lst in (tumor, fps) if k < len(lst)]
@@ -187,6 +187,37 @@ def write_plots(metrics: dict, test: Predictions, out_dir: Path, images: np.ndar
     return paths
 
 
+def postprocess_lines(config: dict) -> list[str]:
+    """The model card's post-processing section: the rule, its parameters and how they were
+    chosen (``model.json`` ``postprocess``)."""
+    pp = config.get("postprocess")
+    lines = ["## Post-processing", ""]
+    if not pp:
+        return lines + [
+            "- Rule: slice_threshold. Each slice on its own: the classifier's probability at the "
+            "decision threshold sets the label; the segmenter's mask is kept on tumor slices "
+            "only."]
+    params = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}"
+                       for k, v in (pp.get("params") or {}).items())
+    lines += [
+        f"- Rule: {pp.get('rule', 'n/a')} ({params}). A study's slice masks are stacked in "
+        "slice order; the largest 3D connected component is kept with every other of at least "
+        "keep_fraction of its size; slice masks under min_area_fraction of the slice are "
+        "dropped unless the classifier calls the slice tumor; a slice is tumor exactly when "
+        "its final mask is not empty.",
+        f"- Tuned on {pp.get('tuned_on', 'n/a')} patients: {', '.join(pp.get('tuned', []))}, "
+        f"maximizing per-patient Dice subject to slice sensitivity >= "
+        f"{_fmt(pp.get('min_sensitivity'))} and false-positive slices per patient <= "
+        f"{_fmt(pp.get('max_fp_per_patient'))} "
+        f"({'met' if pp.get('constraints_met') else 'not met: best compromise kept'}).",
+    ]
+    objective = pp.get("objective") or {}
+    if objective:
+        lines.append("- Validation figures at these parameters: " + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in objective.items()) + ".")
+    return lines
+
+
 def model_card(metrics: dict, *, model_version: str, dataset_version: str, config: dict,
                split_counts: dict | None = None) -> str:
     """The model card as Markdown: details, intended use, data, method, metrics, limits, plots."""
@@ -221,6 +252,7 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         f"- 95% bootstrap intervals resample patients ({boot.get('n_boot', 'n/a')} resamples).",
         "- Masks are evaluated at native resolution; Dice per patient stacks all of a patient's "
         "slices (Buda et al. 2019).",
+        "", *postprocess_lines(config),
         "", "## Metrics (test patients)", "",
         "| metric | value | 95% CI |", "| --- | --- | --- |",
     ]
@@ -237,6 +269,11 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         "- Probabilities are not guaranteed to be calibrated; see the reliability diagram and "
         "do not read them as risks.",
     ]
+    patient = metrics.get("patient") or {}
+    if patient.get("patients") and patient.get("patients_with_tumor") == patient["patients"]:
+        lines.append("- Every test patient has a tumor, so false alarms on tumor-free studies "
+                     "are not measured; false-positive slices are counted within tumor "
+                     "patients.")
     if str(config.get("weights")) != "imagenet":
         lines.append("- Trained without ImageNet weights (offline); accuracy may be lower than "
                      "with pretrained weights.")

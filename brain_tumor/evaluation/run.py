@@ -1,8 +1,12 @@
 """Evaluating a stored model version on the test patients of a stored dataset version (I/O side).
 
-Predictions are made at the model's input size and their masks resized back to each slice's
-native size, where they meet the true masks. The decision threshold is the model's own, chosen
-on its validation patients at training time — never on the test patients.
+Predictions are made at the model's input size and go through the model version's own
+post-processing (``brain_tumor.scoring.postprocess.post_processor``, the rule scoring runs),
+each test patient's slices in slice order as one study; its masks come back at each slice's
+native size, where they meet the true masks, and its final labels are what sensitivity,
+specificity and false positives count. The decision threshold and the post-processing
+parameters are the model's own, chosen on its validation patients at training time — never on
+the test patients.
 
 Outputs, written once per (model, dataset) pair:
 ``models/<m>/evaluations/<dataset>/{metrics.json, model_card.md, plots/*.png}`` (``metrics.json``
@@ -21,9 +25,18 @@ import numpy as np
 
 from brain_tumor.evaluation.evaluate import Predictions, evaluate
 from brain_tumor.evaluation.report import model_card, write_plots
+from brain_tumor.evaluation.tuning import (
+    SplitOutputs,
+    ablation,
+    ablation_markdown,
+    ablation_rules,
+    split_outputs,
+)
 from brain_tumor.ingest.split import split_counts
-from brain_tumor.ml.inputs import fetch_native_masks, load_arrays
-from brain_tumor.ml.predict import load_model_version, postprocess, predict_batch
+from brain_tumor.ml.inputs import fetch_native_masks, load_arrays, normalize_dataset
+from brain_tumor.ml.normalize import record_method
+from brain_tumor.ml.predict import load_model_version, predict_batch
+from brain_tumor.scoring.postprocess import post_processor, postprocess_groups
 from brain_tumor.settings import Settings
 from brain_tumor.store.datasets import DatasetStore
 from brain_tumor.store.modelstore import ModelStore
@@ -45,19 +58,22 @@ def evaluate_model_version(store: ObjectStore, settings: Settings, model_version
         return existing
     model = load_model_version(store, settings, model_version)
     arrays = load_arrays(store, settings, dataset_version, model.image_size, progress=progress)
+    arrays = normalize_dataset(arrays, record_method(model.record))
     test = arrays.subset("test")
     if len(test) == 0:
         raise ValueError(f"dataset {dataset_version} has no test slices")
     true_masks = fetch_native_masks(store, list(test.mask_keys), workers=settings.io_workers)
     prob, maps = predict_batch(model, test.images.astype(np.float32), settings.batch_size)
-    _, pred_masks = postprocess(prob, maps, [m.shape for m in true_masks], model.threshold,
-                                settings.mask_threshold)
+    rule = post_processor(record, settings)
+    label, pred_masks, _ = postprocess_groups(rule, prob, maps, [m.shape[:2] for m in true_masks],
+                                              test.patient_ids, test.slice_index, model.threshold)
     preds = Predictions(patient_ids=test.patient_ids, y_true=test.labels, prob=prob,
                         true_masks=true_masks, pred_masks=pred_masks,
-                        slice_index=test.slice_index)
+                        slice_index=test.slice_index, label=label)
     metrics = evaluate(preds, model.threshold, model_version=model_version,
                        dataset_version=dataset_version, n_boot=settings.bootstrap_samples,
-                       seed=settings.train_seed)
+                       seed=settings.train_seed,
+                       postprocess={"rule": rule.name, "params": rule.params()})
     counts = split_counts(datasets.split(dataset_version))
     card = model_card(metrics, model_version=model_version, dataset_version=dataset_version,
                       config=record, split_counts=counts.to_dict(orient="index"))
@@ -78,3 +94,30 @@ def evaluate_model_version(store: ObjectStore, settings: Settings, model_version
     store.put_new(models.evaluation_key(model_version, dataset_version, "metrics.json"), body)
     log.info("evaluated %s on the %d test slices of %s", model_version, len(test), dataset_version)
     return metrics
+
+
+def postprocess_ablation(store: ObjectStore, settings: Settings, model_version: str,
+                         include_test: bool = False) -> dict:
+    """Each post-processing rule's figures for one trained model version: on its validation
+    patients (for the decision) and, with ``include_test``, its test patients beside them."""
+    record = ModelStore(store, settings).record(model_version)
+    model = load_model_version(store, settings, model_version)
+    arrays = load_arrays(store, settings, record["dataset_version"], model.image_size)
+    arrays = normalize_dataset(arrays, record_method(model.record))
+
+    def outputs(split: str) -> SplitOutputs:
+        data = arrays.subset(split)
+        if len(data) == 0:
+            raise ValueError(f"dataset {record['dataset_version']} has no {split} slices")
+        prob, maps = predict_batch(model, data.images.astype(np.float32), settings.batch_size)
+        return split_outputs(data, prob, maps)
+
+    params = (record.get("postprocess") or {}).get("params") or {
+        "mask_threshold": settings.mask_threshold}
+    rows = ablation(outputs("val"), model.threshold, params,
+                    test=outputs("test") if include_test else None,
+                    rules=ablation_rules(params, settings.mask_threshold))
+    log.info("post-processing ablation of %s: %d rules", model_version, len(rows))
+    return {"model_version": model_version, "dataset_version": record["dataset_version"],
+            "threshold": model.threshold, "params": params, "rows": rows,
+            "markdown": ablation_markdown(rows)}

@@ -1,6 +1,9 @@
 """File names of the LGG `kaggle_3m` layout: ``<PATIENT>/<PATIENT>_<N>.tif`` and ``..._mask.tif``.
 
-A patient id reads ``TCGA_<institution>_<patient>_<YYYYMMDD>`` (e.g. ``TCGA_CS_4941_19960909``).
+A folder is one study and its name, ``TCGA_<institution>_<patient>_<YYYYMMDD>`` (e.g.
+``TCGA_CS_4941_19960909``), is the study id (the manifest keeps it in its ``patient_id`` column).
+The patient is the study id without the date, ``TCGA_<institution>_<patient>`` (``patient_of``):
+two studies of one person share it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ IGNORED_SUFFIXES = (".csv", ".md", ".txt", ".json")
 IGNORED_NAMES = (".DS_Store", "Thumbs.db")
 
 
+_STUDY_RE = re.compile(r"(?P<patient>[A-Za-z0-9]+_[A-Za-z0-9]+_[A-Za-z0-9]+)_[0-9]{8}")
+
+
+def patient_of(study_id: str) -> str:
+    """The patient of a study: ``TCGA_CS_4941_19960909`` -> ``TCGA_CS_4941``.
+
+    An id not of the form ``<prefix>_<institution>_<patient>_<YYYYMMDD>`` is its own patient.
+    """
+    match = _STUDY_RE.fullmatch(str(study_id))
+    return match["patient"] if match else str(study_id)
+
+
 class BadName(ValueError):
     """A .tif file whose path does not follow the layout."""
 
@@ -28,7 +43,7 @@ class BadName(ValueError):
 class SliceName:
     """What a slice or mask file name says."""
 
-    patient_id: str
+    patient_id: str  # the study id (folder name); its patient is patient_of(patient_id)
     institution: str
     acquisition_date: str  # ISO date, YYYY-MM-DD
     slice_index: int

@@ -1,4 +1,13 @@
-"""Patient-level train/val/test split of a slice manifest: stable, stratified, deterministic."""
+"""Patient-level train/val/test split of a slice manifest: stable, stratified, deterministic.
+
+The split table has one row per study (the manifest's ``patient_id``, the folder name), and all
+studies of one patient (``brain_tumor.ingest.naming.patient_of``: the study id without its date)
+share a split: patients, not studies, are placed. A previous split (of an ancestor version) is
+carried over patient by patient, so a new study of a known patient joins that patient's split;
+should a previous split hold two studies of one patient in different splits, the earliest split
+in (train, val, test) order wins for all of them (a study a model trained on never lands in an
+evaluation split), and each move is logged and listed in the result's ``attrs["moved"]``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,8 @@ import numbers
 from dataclasses import dataclass
 
 import pandas as pd
+
+from brain_tumor.ingest.naming import patient_of
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +125,38 @@ def _previous_splits(previous: pd.DataFrame) -> dict[str, str]:
     return dict(zip(ids, previous["split"], strict=True))
 
 
+def carry_previous(previous: pd.DataFrame) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Patient -> split from a previous split table keyed by study ids, and the studies moved.
+
+    Each study id maps to its patient (``patient_of``). A patient whose studies were in different
+    splits gets the earliest of them in (train, val, test) order; every study that changes split
+    is returned as ``{"patient", "study_id", "from", "to"}`` and logged.
+    """
+    by_patient: dict[str, dict[str, str]] = {}
+    for study, split in _previous_splits(previous).items():
+        by_patient.setdefault(patient_of(study), {})[study] = split
+    splits: dict[str, str] = {}
+    moved: list[dict[str, str]] = []
+    for patient, studies in sorted(by_patient.items()):
+        splits[patient] = min(studies.values(), key=SPLITS.index)
+        moved += [{"patient": patient, "study_id": study, "from": split, "to": splits[patient]}
+                  for study, split in sorted(studies.items()) if split != splits[patient]]
+    for move in moved:
+        logger.warning("patient %s had studies in several splits: study %s moves from %s to %s",
+                       move["patient"], move["study_id"], move["from"], move["to"])
+    return splits, moved
+
+
+def _by_patient(studies: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: patient_id (the patient), institution, slices, tumor_slices."""
+    ranked = studies.sort_values(["patient", "slices", "institution"],
+                                 ascending=[True, False, True])
+    site = ranked.drop_duplicates("patient").set_index("patient")["institution"]
+    sums = studies.groupby("patient", sort=True)[["slices", "tumor_slices"]].sum()
+    sums.insert(0, "institution", site.reindex(sums.index))
+    return sums.rename_axis("patient_id").reset_index()
+
+
 def _key(seed: int, patient_id: str) -> str:
     """Seeded pseudo-random sort key of one patient, independent of every other patient."""
     return hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()
@@ -178,11 +221,14 @@ def _ensure_tumor(patients: pd.DataFrame, is_new: pd.Series, config: SplitConfig
 def assign_split(
     manifest: pd.DataFrame, config: SplitConfig, previous: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """Assign each manifest patient to train/val/test; patients in `previous` keep their split."""
-    patients = _patients(manifest)
+    """Assign each manifest study to train/val/test, patient by patient; patients of `previous`
+    keep their split (see the module docstring)."""
+    studies = _patients(manifest)
+    studies["patient"] = [patient_of(s) for s in studies["patient_id"]]
+    patients = _by_patient(studies)
     if len(patients) < len(SPLITS):
         raise SplitError(f"need at least {len(SPLITS)} patients to split, got {len(patients)}")
-    fixed = _previous_splits(previous) if previous is not None else {}
+    fixed, moved = carry_previous(previous) if previous is not None else ({}, [])
     dropped = sorted(set(fixed) - set(patients["patient_id"]))
     if dropped:
         logger.info("dropping %d patient(s) of the previous split no longer in the manifest: %s",
@@ -193,11 +239,14 @@ def assign_split(
     _place(patients, is_new, config)
     if config.min_tumor_slices > 0:
         _ensure_tumor(patients, is_new, config)
-    result = patients[list(SPLIT_COLUMNS)].sort_values("patient_id", ignore_index=True)
+    studies["split"] = studies["patient"].map(patients.set_index("patient_id")["split"])
+    result = studies[list(SPLIT_COLUMNS)].sort_values("patient_id", ignore_index=True)
     result = result.astype({"split": str, "slices": "int64", "tumor_slices": "int64"})
     counts = split_counts(result)
-    logger.info("split %d patients (%d new, %d kept): %s", len(result), int(is_new.sum()),
-                int((~is_new).sum()), counts["patients"].to_dict())
+    logger.info("split %d studies of %d patients (%d new, %d kept): %s", len(result),
+                len(patients), int(is_new.sum()), int((~is_new).sum()),
+                counts["patients"].to_dict())
+    result.attrs["moved"] = moved
     return result
 
 

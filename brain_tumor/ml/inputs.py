@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,15 @@ def load_arrays(store: ObjectStore, settings: Settings, dataset_version: str,
     return data
 
 
+def normalize_dataset(data: ArrayDataset, method: str) -> ArrayDataset:
+    """The dataset with its images normalized study by study (``brain_tumor.ml.normalize``)."""
+    from brain_tumor.ml.normalize import NONE, normalize_by_study
+
+    if method == NONE:
+        return data
+    return replace(data, images=normalize_by_study(data.images, data.patient_ids, method))
+
+
 def fetch_native_masks(store: ObjectStore, keys: Sequence[str], workers: int = 8
                        ) -> list[np.ndarray]:
     """Masks at their stored size, as boolean arrays (for evaluation at native resolution)."""
@@ -235,13 +244,49 @@ def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.G
     return out, out_masks
 
 
+def tumor_batch_order(is_tumor: np.ndarray, batch_size: int, tumor_fraction: float,
+                      batches: int, rng: np.random.Generator) -> np.ndarray:
+    """Row order for ``batches`` full batches, each with round(batch_size * tumor_fraction)
+    tumor rows and the rest tumor-free, both drawn without repeats until their pool runs out.
+
+    Tumor rows are oversampled (a pool shorter than needed is reshuffled and reused), tumor-free
+    rows undersampled; within a batch the order is shuffled.
+    """
+    flags = np.asarray(is_tumor, bool).ravel()
+    if not 0 < tumor_fraction < 1:
+        raise ValueError(f"tumor_fraction must be in (0, 1), received {tumor_fraction!r}")
+    if batch_size < 1 or batches < 1:
+        raise ValueError(f"batch_size and batches must be >= 1, received {batch_size}, {batches}")
+    tumor, empty = np.flatnonzero(flags), np.flatnonzero(~flags)
+    if len(tumor) == 0 or len(empty) == 0:
+        raise ValueError(f"need tumor and tumor-free rows, received {len(tumor)} and "
+                         f"{len(empty)}")
+    per_batch = min(batch_size, max(1, round(batch_size * tumor_fraction)))
+
+    def draw(pool: np.ndarray, count: int) -> np.ndarray:
+        rounds = -(-count // len(pool))
+        return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]
+
+    picked_tumor = draw(tumor, per_batch * batches).reshape(batches, per_batch)
+    rest = batch_size - per_batch
+    picked_empty = draw(empty, rest * batches).reshape(batches, rest)
+    rows = np.concatenate([picked_tumor, picked_empty], axis=1)
+    return rng.permuted(rows, axis=1).reshape(-1)
+
+
 class SliceSequence(keras.utils.PyDataset):
-    """Batches of raw 0..255 float32 slices with labels (classifier) or masks (segmenter)."""
+    """Batches of raw 0..255 float32 slices with labels (classifier) or masks (segmenter).
+
+    With ``tumor_fraction`` > 0 (and ``shuffle``), every batch is full and holds that share of
+    tumor slices (``tumor_batch_order``); the tumor flags come from ``labels``, or from the masks
+    when the masks are the targets.
+    """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, *,
                  augment: bool = False, masks_are_targets: bool = False,
                  sample_weights: dict[int, float] | None = None, labels: np.ndarray | None = None,
-                 shuffle: bool = False, seed: int = 0, **kwargs: Any) -> None:
+                 shuffle: bool = False, seed: int = 0, tumor_fraction: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}")
@@ -264,13 +309,39 @@ class SliceSequence(keras.utils.PyDataset):
                 raise ValueError(f"labels must cover every slice with a weight, received "
                                  f"{len(lab)} labels, classes without weight {missing}")
             self.weights = np.array([sample_weights[c] for c in lab], np.float32)
+        self.tumor_fraction = self._check_fraction(tumor_fraction, labels)
         self.order = self._order()
+
+    def _check_fraction(self, fraction: float, labels: np.ndarray | None) -> float:
+        if not 0 <= fraction < 1:
+            raise ValueError(f"tumor_fraction must be in [0, 1), received {fraction!r}")
+        self.is_tumor: np.ndarray | None = None
+        if fraction == 0 or not self.shuffle:
+            return 0.0
+        if labels is not None:
+            flags = np.asarray(labels).ravel() > 0
+        elif self.masks_are_targets:
+            flags = self.targets.reshape(len(self.targets), -1).any(axis=1)
+        else:
+            flags = np.asarray(self.targets).ravel() > 0
+        if len(flags) != len(self.images):
+            raise ValueError(f"{len(flags)} labels for {len(self.images)} slices")
+        if flags.all() or not flags.any():
+            log.warning("tumor oversampling off: %d of %d slices have a tumor", int(flags.sum()),
+                        len(flags))
+            return 0.0
+        self.is_tumor = flags
+        return float(fraction)
 
     def _order(self) -> np.ndarray:
         n = len(self.images)
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.tumor_fraction and self.is_tumor is not None:
+            return tumor_batch_order(self.is_tumor, self.batch_size, self.tumor_fraction,
+                                     len(self), rng)
+        return rng.permutation(n)
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)

@@ -4,7 +4,11 @@ The classifier (ResNet50 + head) and the segmenter (U-Net) train on the train pa
 checked on the validation patients every epoch (ReduceLROnPlateau, EarlyStopping with the best
 weights restored, ModelCheckpoint, a warm-up LearningRateScheduler, CSV history). With pretrained
 weights the classifier trains in two phases: frozen backbone, then its top stage fine-tuned at a
-lower learning rate. The decision threshold is then chosen on the validation patients.
+lower learning rate. The segmenter's batches hold ``seg_tumor_fraction`` tumor slices, its loss
+is ``seg_loss``, and its epochs are judged by the per-patient Dice of the validation patients
+(``brain_tumor.ml.callbacks.PatientDice``), which picks the checkpoint and stops training. Inputs
+are normalized per study as ``intensity_norm`` says (``brain_tumor.ml.normalize``; model.json
+records it for scoring). The decision threshold is then chosen on the validation patients.
 
 The model version id is derived from the dataset version, the training settings and the code
 version (package version and a hash of the training sources), so a crashed run started again
@@ -38,18 +42,38 @@ TRAINING_FIELDS = (
     "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate", "warmup_epochs",
     "early_stopping_patience", "reduce_lr_patience", "dense_units", "dropout",
     "seg_base_filters", "seg_depth", "seg_epochs", "seg_learning_rate", "train_seed", "augment",
-    "max_train_slices", "threshold_rule",
+    "max_train_slices", "threshold_rule", "seg_tumor_fraction", "seg_loss", "intensity_norm",
+    "postprocess_min_sensitivity", "postprocess_max_fp_per_patient",
 )
 
 
 #: the classifier keeps the epoch with the best validation ROC-AUC (ranking is what the threshold
 #: and the gate use; its validation loss is noisy while BatchNorm statistics settle)
 CLASSIFIER_MONITOR = ("val_auc", "max")
+#: the segmenter keeps the epoch with the best mean per-patient Dice of the validation patients
+SEGMENTER_MONITOR = ("val_patient_dice", "max")
 
 
 def training_config(settings: Settings) -> dict[str, Any]:
     """The training settings as a plain dict."""
     return {name: getattr(settings, name) for name in TRAINING_FIELDS}
+
+
+def weights_provenance(weights: str | None) -> str:
+    """The backbone weights as model.json states them: 'none', 'imagenet' or '<file> sha256:<hex>'.
+    """
+    if weights is None:
+        return "none"
+    if weights == "imagenet":
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"weights file does not exist: {weights!r}")
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name} sha256:{digest.hexdigest()}"
 
 
 def model_version_id(dataset_version: str, settings: Settings) -> str:
@@ -79,7 +103,7 @@ def warmup_schedule(base_lr: float, warmup_epochs: int):  # noqa: ANN201 - keras
 
 
 #: the metrics each epoch's log line shows, when the phase reports them
-EPOCH_METRICS = ("loss", "val_loss", "val_auc", "val_dice_coefficient")
+EPOCH_METRICS = ("loss", "val_loss", "val_auc", "val_dice_coefficient", "val_patient_dice")
 
 
 def epoch_message(phase: str, epoch: int, epochs: int | None, logs: dict[str, Any]) -> str:
@@ -172,22 +196,34 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
 
 
 def train_segmenter(data, settings: Settings, workdir: Path, verbose: int) -> tuple[Any, dict]:  # noqa: ANN001
-    """Train the U-Net on the masks with BCE + Dice; returns the model and its history."""
+    """Train the U-Net on the masks; returns the model (its best per-patient Dice epoch) and its
+    history."""
     import keras
 
+    from brain_tumor.ml.callbacks import PatientDice
     from brain_tumor.ml.inputs import SliceSequence
-    from brain_tumor.ml.models import bce_dice_loss, build_segmenter, dice_coefficient
+    from brain_tumor.ml.models import build_segmenter, dice_coefficient, segmenter_loss
 
     train, val = data
     seq = SliceSequence(train.images, train.masks, settings.batch_size, augment=settings.augment,
-                        masks_are_targets=True, shuffle=True, seed=settings.train_seed)
+                        masks_are_targets=True, labels=train.labels, shuffle=True,
+                        seed=settings.train_seed, tumor_fraction=settings.seg_tumor_fraction)
     val_seq = SliceSequence(val.images, val.masks, settings.batch_size, masks_are_targets=True)
+    log.info("segmenter: %d train slices (%d with tumor, %.0f%% of each batch), %d val slices "
+             "of %d patients, loss %s", len(train), int(np.sum(train.labels)),
+             100 * seq.tumor_fraction, len(val), len(set(val.patient_ids.tolist())),
+             settings.seg_loss)
     model = build_segmenter(settings.image_size, settings.seg_base_filters, settings.seg_depth)
-    model.compile(optimizer=keras.optimizers.Adam(settings.seg_learning_rate), loss=bce_dice_loss,
-                  metrics=[dice_coefficient])
-    history = _fit(model, seq, val_seq, settings.seg_epochs,
-                   make_callbacks(workdir, "segmenter", settings, settings.seg_learning_rate),
-                   verbose)
+    model.compile(optimizer=keras.optimizers.Adam(settings.seg_learning_rate),
+                  loss=segmenter_loss(settings.seg_loss), metrics=[dice_coefficient])
+    patient_dice = PatientDice(val.images, val.masks, val.patient_ids,
+                               batch_size=settings.batch_size,
+                               mask_threshold=settings.mask_threshold)
+    callbacks = make_callbacks(workdir, "segmenter", settings, settings.seg_learning_rate,
+                               *SEGMENTER_MONITOR)
+    history = _fit(model, seq, val_seq, settings.seg_epochs, [patient_dice, *callbacks], verbose)
+    log.info("segmenter: best per-patient validation Dice %.4f at epoch %d", patient_dice.best,
+             patient_dice.best_epoch)
     return model, history
 
 
@@ -209,7 +245,8 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
     import keras
 
     from brain_tumor.evaluation.metrics import choose_threshold
-    from brain_tumor.ml.inputs import load_arrays
+    from brain_tumor.ml.export import export_for_cpu
+    from brain_tumor.ml.inputs import load_arrays, normalize_dataset
 
     datasets = DatasetStore(store, settings)
     dataset_version = datasets.resolve(dataset_version)
@@ -219,9 +256,11 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
     if models.exists(version):
         log.info("model version %s exists already: not training again", version)
         return models.record(version)
+    weights = weights_provenance(settings.weights)
     keras.utils.set_random_seed(settings.train_seed)
     arrays = load_arrays(store, settings, dataset_version, settings.image_size,
                          progress=verbose > 0)
+    arrays = normalize_dataset(arrays, settings.intensity_norm)
     train = _cap(arrays.subset("train"), settings.max_train_slices, settings.train_seed)
     val = arrays.subset("val")
     with tempfile.TemporaryDirectory(prefix=f"brain-tumor-{version}-") as tmp:
@@ -233,8 +272,14 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         val_prob = np.asarray(classifier.predict(val.images.astype(np.float32),
                                                  batch_size=settings.batch_size, verbose=0))
         threshold = choose_threshold(val.labels, val_prob.reshape(-1), settings.threshold_rule)
+        # --- post-processing parameters, tuned on the validation patients (model.json) ---
+        from brain_tumor.evaluation.tuning import tune_on_validation
+
+        postprocess = tune_on_validation(val, val_prob, segmenter, threshold, settings)
+        # --- end post-processing tuning ---
         classifier.save(out / "classifier.keras")
         segmenter.save(out / "segmenter.keras")
+        export_for_cpu(classifier, segmenter, out)  # classifier.onnx, segmenter.onnx
         for name in ("classifier_history.csv", "classifier_finetune_history.csv",
                      "segmenter_history.csv"):
             if (work / name).exists():
@@ -245,9 +290,11 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
                   "threshold_rule": settings.threshold_rule, "backbone": settings.backbone,
                   "keras_backend": keras.backend.backend(),
                   "best_epochs": {"classifier": _best_epoch(c_hist, *CLASSIFIER_MONITOR),
-                                  "segmenter": _best_epoch(s_hist)},
+                                  "segmenter": _best_epoch(s_hist, *SEGMENTER_MONITOR)},
+                  "weights": weights, "intensity_norm": settings.intensity_norm,
                   "created_at": utc_now(), "code_version": code_version(),
-                  "train_slices": len(train), "val_slices": len(val)}
+                  "train_slices": len(train), "val_slices": len(val),
+                  "postprocess": postprocess}
         (out / "config.json").write_text(json.dumps(
             {"model_version": version, "dataset_version": dataset_version,
              "code_version": code_version(), "training": training_config(settings),

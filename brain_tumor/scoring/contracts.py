@@ -51,6 +51,7 @@ class RawPrediction:
 
     prob: np.ndarray  # N tumor probabilities
     maps: np.ndarray  # N x S x S tumor probability maps
+    features: np.ndarray | None = None  # N x F pooled classifier features (None: not given)
 
 
 @dataclass

@@ -6,14 +6,17 @@ are written first and its done marker last (``brain_tumor.store.scores``), so a 
 the marker has no visible result and re-running it rewrites the same keys.
 
 ``ScoringPipeline`` holds one implementation of each seam (``brain_tumor.scoring.contracts``);
-build it once per loaded model version and score as many studies with it as there are.
+build it once per loaded model version and score as many studies with it as there are
+(``score_many`` reads the next study while the model runs on one).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ from brain_tumor.scoring.contracts import (
     InferenceEngine,
     OutputWriter,
     PostProcessor,
+    Study,
     StudyReader,
     StudyRejected,
 )
@@ -50,21 +54,31 @@ class ScoringPipeline:
     writers: list[OutputWriter]
     scores: ScoreStore
 
-    def score(self, study_id: str) -> dict[str, Any]:
-        """Score one study (or skip it if done); raise StudyRejected after quarantining it."""
+    _ahead: dict[str, Future] = field(default_factory=dict, init=False, repr=False)
+
+    def _read(self, study_id: str) -> Study | None:
+        """The study read and checked, or None if scored already; quarantine a rejected one."""
         mv = self.engine.version
         if self.scores.is_done(mv, study_id):
-            log.info("study %s already scored with %s; skipping", study_id, mv)
-            return {"study_id": study_id, "status": "skipped", **self.scores.summary(mv, study_id)}
-        clock = time.perf_counter()
+            return None
         try:
-            study = self.reader.read(study_id)
+            return self.reader.read(study_id)
         except StudyRejected as exc:
             self.scores.quarantine(mv, study_id, {
                 "study_id": study_id, "model_version": mv, "reason": exc.reason,
                 "detail": exc.detail, "files": exc.files, "at": utc_now()})
             log.warning("study %s rejected (%s): %s", study_id, exc.reason, exc.detail)
             raise
+
+    def score(self, study_id: str) -> dict[str, Any]:
+        """Score one study (or skip it if done); raise StudyRejected after quarantining it."""
+        mv = self.engine.version
+        clock = time.perf_counter()
+        ahead = self._ahead.pop(study_id, None)
+        study = ahead.result() if ahead is not None else self._read(study_id)
+        if study is None:
+            log.info("study %s already scored with %s; skipping", study_id, mv)
+            return {"study_id": study_id, "status": "skipped", **self.scores.summary(mv, study_id)}
         read_s, clock = time.perf_counter() - clock, time.perf_counter()
         pred = self.postprocess(self.engine.predict(study.images), study, self.engine.threshold)
         model_s, clock = time.perf_counter() - clock, time.perf_counter()
@@ -88,19 +102,48 @@ class ScoringPipeline:
                  "write %.2fs)", study_id, mv, len(study.images), tumor_slices, *timings.values())
         return {"study_id": study_id, "status": "scored", **summary, "timings": timings}
 
+    def score_many(self, study_ids: list[str]) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """Score studies in order, reading the next while one is in the model.
 
-def build_pipeline(store: ObjectStore, settings: Settings, model: LoadedModel) -> ScoringPipeline:
-    """The pipeline the settings and the model version call for, one implementation a seam."""
+        Yields ``(study_id, result)``, or ``(study_id, exception)`` for a study that was
+        rejected (``StudyRejected``, quarantined as by ``score``) or failed; the others go on.
+        ``read_s`` of a study read ahead is the time left waiting for it.
+        """
+        ids = list(study_ids)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+            try:
+                for i, study_id in enumerate(ids):
+                    following = ids[i + 1] if i + 1 < len(ids) else None
+                    if following is not None and following not in self._ahead:
+                        self._ahead[following] = pool.submit(self._read, following)
+                    try:
+                        outcome: dict[str, Any] | Exception = self.score(study_id)
+                    except Exception as exc:  # handed to the caller, study by study
+                        outcome = exc
+                    yield study_id, outcome
+            finally:
+                for future in self._ahead.values():
+                    future.cancel()
+                self._ahead.clear()
+
+
+def build_pipeline(store: ObjectStore, settings: Settings,
+                   model: LoadedModel | InferenceEngine) -> ScoringPipeline:
+    """The pipeline the settings and the model version call for, one implementation a seam.
+
+    ``model`` is a loaded engine (``engines.load_engine``) or a version's Keras models.
+    """
+    engine = inference_engine(model, settings)
     return ScoringPipeline(
         reader=study_reader(IncomingStore(store, settings), settings),
-        engine=inference_engine(model, settings),
-        postprocess=post_processor(model.record, settings),
+        engine=engine,
+        postprocess=post_processor(engine.record, settings),
         writers=output_writers(settings),
         scores=ScoreStore(store, settings),
     )
 
 
-def score_study(store: ObjectStore, settings: Settings, model: LoadedModel,
+def score_study(store: ObjectStore, settings: Settings, model: LoadedModel | InferenceEngine,
                 study_id: str) -> dict[str, Any]:
     """Score one study with the default pipeline (see ``ScoringPipeline.score``)."""
     return build_pipeline(store, settings, model).score(study_id)

@@ -3,6 +3,11 @@
 ``SlicesTableWriter`` writes ``slices.parquet`` (one row per slice); ``PictureWriter`` writes
 ``masks/<N>.png`` and ``overlays/<N>.png`` for each tumor slice and ``overview.png``. The summary
 and the done marker are not writers' business: ``brain_tumor.scoring.study`` commits them last.
+
+Pixel columns are on the slices as scored (what the pictures show); the physical columns
+(``brain_tumor.scoring.units``: mm², mm) are on the study's source grid, and None where its
+spacing is unknown. ``SlicesTableWriter`` also adds the study's ``tumor_volume_ml`` and
+``tumor_extent_mm`` to ``pred.summary``, which is merged into ``summary.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import pandas as pd
 
 from brain_tumor.scoring.contracts import OutputWriter, Study, StudyPrediction
 from brain_tumor.scoring.overlay import contact_sheet, encode_png, overlay
+from brain_tumor.scoring.units import physical_units
 from brain_tumor.settings import Settings
 from brain_tumor.store.schemas import validate_table
 from brain_tumor.store.scores import ScoreStore
@@ -22,8 +28,12 @@ MAX_OVERVIEW_TILES = 24  # tumor slices on the overview, evenly spaced when ther
 FALLBACK_TILES = 4  # slices on the overview of a study without tumor
 
 
-def slices_table(study: Study, pred: StudyPrediction) -> pd.DataFrame:
-    """The scored_slices table of one study."""
+def slices_table(study: Study, pred: StudyPrediction,
+                 units: dict[str, list[float | None]] | None = None) -> pd.DataFrame:
+    """The scored_slices table of one study (units: ``physical_units``' columns, computed
+    here when not given)."""
+    if units is None:
+        units = physical_units(study, pred)[1]
     boxes = [g["bbox"] or (None,) * 4 for g in pred.geometry]
     cents = [g["centroid"] or (np.nan, np.nan) for g in pred.geometry]
     df = pd.DataFrame({
@@ -36,6 +46,8 @@ def slices_table(study: Study, pred: StudyPrediction) -> pd.DataFrame:
            for i, c in enumerate(("y0", "x0", "y1", "x1"))},
         "centroid_y": np.asarray([c[0] for c in cents], np.float64),
         "centroid_x": np.asarray([c[1] for c in cents], np.float64),
+        **{name: np.asarray([np.nan if v is None else v for v in values], np.float64)
+           for name, values in units.items()},
     })
     return validate_table("scored_slices", df)
 
@@ -47,12 +59,16 @@ def spread(items: list[int], count: int) -> list[int]:
 
 
 class SlicesTableWriter:
-    """``slices.parquet``: probability, label, area, box and centroid of every slice."""
+    """``slices.parquet``: probability, label, area, box and centroid of every slice, in
+    pixels and (spacing known) millimetres; the study's physical units into ``pred.summary``."""
 
     def write(self, scores: ScoreStore, model_version: str, study: Study,
               pred: StudyPrediction) -> list[str]:
         """Write the table; returns its name."""
-        scores.put_table(model_version, study.study_id, "slices.parquet", slices_table(study, pred))
+        summary, columns = physical_units(study, pred)
+        scores.put_table(model_version, study.study_id, "slices.parquet",
+                         slices_table(study, pred, columns))
+        pred.summary.update(summary)
         return ["slices.parquet"]
 
 

@@ -44,7 +44,8 @@ def utc_now() -> str:
 
 
 #: the sources, relative to the package folder, whose content decides what a trained model is
-CODE_SOURCES = ("ml", "ingest/imaging.py", "evaluation/metrics.py")
+CODE_SOURCES = ("ml", "ingest/imaging.py", "evaluation/metrics.py", "evaluation/tuning.py",
+                "scoring/postprocess.py")
 
 
 @functools.cache
@@ -54,8 +55,10 @@ def code_version(root: Path | None = None, sources: tuple[str, ...] = CODE_SOURC
     ``<package version>+<12 hex>``. The hash covers, by path relative to ``root`` (default: this
     package's folder) and content, in path order, every ``.py`` file of ``sources``: everything
     under ``brain_tumor/ml/`` (inputs, models, training, prediction),
-    ``brain_tumor/ingest/imaging.py`` (how slices are decoded and resized) and
-    ``brain_tumor/evaluation/metrics.py`` (the threshold rule). Read once per process.
+    ``brain_tumor/ingest/imaging.py`` (how slices are decoded and resized),
+    ``brain_tumor/evaluation/metrics.py`` (the threshold rule), ``brain_tumor/evaluation/tuning.py``
+    and ``brain_tumor/scoring/postprocess.py`` (the post-processing tuned at training). Read once
+    per process.
     """
     try:
         package = package_version("brain-tumor")

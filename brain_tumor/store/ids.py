@@ -22,6 +22,7 @@ they have inside their export and are not covered by this bound.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 MAX_ID_LENGTH = 128
@@ -31,6 +32,8 @@ MAX_KEY_BYTES = 1024
 MAX_PREFIX_BYTES = 512
 #: limit on a file name inside a study folder (UTF-8 bytes)
 MAX_NAME_BYTES = 255
+#: prefix of a study id derived from a DICOM Study Instance UID
+DICOM_STUDY_PREFIX = "dcm-"
 _ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}")
 #: folder names under ``scores/<model_version>/`` that belong to the score store, not to a study
 RESERVED_STUDY_IDS = ("quarantine", "_done", "batches")
@@ -79,3 +82,13 @@ def check_model_version(value: str) -> str:
     if not is_key_id(value):
         raise InvalidId(f"invalid model version id {_received(value)}: use {_RULE}")
     return value
+
+
+def study_id_from_uid(study_uid: str) -> str:
+    """The study id of a DICOM study: ``dcm-`` and the first 16 hex digits of the sha256 of its
+    Study Instance UID, so the id is stable and says nothing of the patient or the UID."""
+    uid = study_uid.strip().rstrip("\x00").strip()
+    if not uid:
+        raise InvalidId("a DICOM study needs a Study Instance UID to derive its id, received "
+                        "an empty one")
+    return DICOM_STUDY_PREFIX + hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:16]

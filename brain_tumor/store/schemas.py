@@ -125,6 +125,10 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                *_BBOX,
                Col("centroid_y", "float", "", nullable=True),
                Col("centroid_x", "float", "", nullable=True),
+               Col("tumor_area_mm2", "float", "mask area on the source grid in mm² (null: no "
+                   "tumor, or spacing unknown)", nullable=True),
+               Col("bbox_height_mm", "float", "box height (rows) in mm", nullable=True),
+               Col("bbox_width_mm", "float", "box width (columns) in mm", nullable=True),
            )),
     Schema("dataset", "datasets/<version>/dataset.json",
            "Written last: a version exists only once this object does.", (
@@ -172,7 +176,8 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                                      "(empty when rejected before reading)"),
            ), table=False),
     Schema("model", "models/<model_version>/model.json",
-           "Written last: a model version exists once this object does.", (
+           "Written last: a model version exists once this object does. Versions with "
+           "whole-study post-processing add `postprocess` {rule, params, tuned_on, objective}.", (
                Col("model_version", "str", "m-<12 hex>, derived from dataset version + training "
                                            "settings + code version"),
                Col("dataset_version", "str", "the data it was trained on"),
@@ -223,7 +228,13 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
         Col("updated_at", "str", "ISO 8601 UTC"),
     ), table=False),
     Schema("study_summary", "scores/<model_version>/<study_id>/summary.json",
-           "Per-study result of scoring.", (
+           "Per-study result of scoring; whole-study post-processing adds postprocess_rule, "
+           "components_found, components_dropped, small_masks_dropped. Studies scored with the "
+           "physical units add tumor_volume_ml (float) and tumor_extent_mm ([along slices, rows, "
+           "columns]), null where the spacing is unknown (TIFF), and format (tiff | nifti | "
+           "dicom); DICOM and NIfTI studies add reduced_sequences (bool), filled_channels "
+           "(channels filled from the FLAIR), spacing_mm ([slices, rows, columns]) and "
+           "voxel_volume_ml.", (
                Col("study_id", "str", ""),
                Col("model_version", "str", ""),
                Col("dataset_version", "str", ""),
@@ -240,7 +251,10 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("model_version", "str", ""),
                Col("reason", "str", "empty | duplicate | bad_name | incomplete | too_many_slices | "
                                     "too_large | wrong_size | unreadable | not_tiff | too_small | "
-                                    "not_uint8 | channels"),
+                                    "not_uint8 | channels | unsupported_format | not_3d | "
+                                    "no_flair | frame_of_reference | intensity_range | not_dicom | "
+                                    "truncated | missing_handler | mixed_patients | "
+                                    "slice_positions | unsafe_path | not_a_file"),
                Col("detail", "str", "human-readable explanation"),
                Col("files", "list", "keys of the offending objects (may be empty)"),
                Col("at", "str", "ISO 8601 UTC"),

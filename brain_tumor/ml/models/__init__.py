@@ -17,13 +17,19 @@ from brain_tumor.ml.models.classifier import (
     get_backbone,
     set_backbone_trainable,
 )
-from brain_tumor.ml.models.losses import bce_dice_loss, dice_coefficient
+from brain_tumor.ml.models.losses import (
+    batch_dice_bce_loss,
+    bce_dice_loss,
+    dice_coefficient,
+    segmenter_loss,
+)
 from brain_tumor.ml.models.segmenter import build_segmenter
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CaffePreprocessing",
+    "batch_dice_bce_loss",
     "bce_dice_loss",
     "build_classifier",
     "build_segmenter",
@@ -31,6 +37,7 @@ __all__ = [
     "get_backbone",
     "load_model",
     "losses",
+    "segmenter_loss",
     "set_backbone_trainable",
 ]
 

@@ -47,9 +47,10 @@ def _check_weights(weights: str | os.PathLike | None, backbone: str) -> str | No
     if weights is None:
         return None
     weights = os.fspath(weights)
-    if backbone == "tiny":
-        raise ValueError(f"the 'tiny' backbone takes no pretrained weights, got {weights!r}")
     if weights == "imagenet":
+        if backbone == "tiny":
+            raise ValueError("the 'tiny' backbone has no ImageNet weights; give it None or a "
+                             f".h5 file of a tiny backbone's weights, got {weights!r}")
         return weights
     if not weights.endswith(".h5"):
         raise ValueError(f"weights must be None, 'imagenet' or a .h5 file path, got {weights!r}")
@@ -82,7 +83,7 @@ def build_classifier(
     """Binary tumor classifier on raw 0..255 RGB slices; output "tumor_probability" in [0, 1].
 
     weights: None (from scratch, Rescaling(1/255)), "imagenet" (downloads; caffe preprocessing)
-    or a path to a ``.h5``/``.weights.h5`` ResNet50 backbone weights file (caffe preprocessing).
+    or a path to a ``.h5``/``.weights.h5`` file of the backbone's weights (caffe preprocessing).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -104,6 +105,8 @@ def build_classifier(
         x = CaffePreprocessing(name="preprocess")(inputs)
     if backbone == "tiny":
         base = _tiny_backbone(image_size)
+        if weights is not None:
+            base.load_weights(weights)
     else:
         logger.info("building ResNet50 backbone weights=%s input=%s", weights, shape)
         base = keras.applications.ResNet50(

@@ -34,3 +34,33 @@ def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
     t, p = _flatten_per_sample(y_true, y_pred)
     bce = ops.mean(ops.binary_crossentropy(t, p, from_logits=False), axis=-1)
     return bce + (1.0 - dice_coefficient(y_true, y_pred))
+
+
+@keras.saving.register_keras_serializable(package="brain_tumor")
+def batch_dice(y_true: Any, y_pred: Any) -> Any:
+    """Soft Dice over the whole batch as one volume, (2*sum(t*p) + 1) / (sum(t) + sum(p) + 1)."""
+    t, p = _flatten_per_sample(y_true, y_pred)
+    return (2.0 * ops.sum(t * p) + SMOOTH) / (ops.sum(t) + ops.sum(p) + SMOOTH)
+
+
+@keras.saving.register_keras_serializable(package="brain_tumor")
+def batch_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Per-sample mean binary cross-entropy plus (1 - batch soft Dice); shape (batch,).
+
+    Empty slices add to the Dice only through their false-positive pixels, so a batch of mostly
+    empty slices does not push every prediction to zero.
+    """
+    t, p = _flatten_per_sample(y_true, y_pred)
+    bce = ops.mean(ops.binary_crossentropy(t, p, from_logits=False), axis=-1)
+    return bce + (1.0 - batch_dice(y_true, y_pred))
+
+
+#: the segmenter losses by setting value (``seg_loss``)
+SEGMENTER_LOSSES = {"per_sample_dice": bce_dice_loss, "batch_dice_bce": batch_dice_bce_loss}
+
+
+def segmenter_loss(name: str) -> Any:
+    """The segmenter loss function named by the ``seg_loss`` setting."""
+    if name not in SEGMENTER_LOSSES:
+        raise ValueError(f"seg_loss must be one of {tuple(SEGMENTER_LOSSES)}, received {name!r}")
+    return SEGMENTER_LOSSES[name]

@@ -253,8 +253,8 @@ def study_page(base: str, version: str, study: dict[str, Any], alerts: list[dict
     src = f"{base}/files/scores/{quote(version, safe='')}/{quote(sid, safe='')}"
     rows = "".join(f"<tr><th>{e(k.replace('_', ' '))}</th><td>{num(s.get(k), 4)}</td></tr>"
                    for k in ("study_id", "model_version", "dataset_version", "tumor_present",
-                             "tumor_slices", "slices", "tumor_volume_voxels", "max_probability",
-                             "scored_at"))
+                             "tumor_slices", "slices", "tumor_volume_voxels", "tumor_volume_ml",
+                             "max_probability", "scored_at"))
     pics = "".join(f'<figure><img src="{src}/overlays/{n}.png" alt="slice {n}">'
                    f'<figcaption>slice {n} · {NOTICE}</figcaption></figure>'
                    for n in study["overlays"])

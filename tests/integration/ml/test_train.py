@@ -174,13 +174,14 @@ def test_model_version_follows_the_training_code(trained, tmp_path, monkeypatch)
     assert code_version(same) == code_version()  # the hash is of content and relative paths
     versions = {}
     for edit in ("ml/train.py", "ml/models/segmenter.py", "ingest/imaging.py",
-                 "evaluation/metrics.py", "scoring/overlay.py", "store/registry.py", "cli.py"):
+                 "evaluation/metrics.py", "evaluation/tuning.py", "scoring/postprocess.py",
+                 "scoring/overlay.py", "store/registry.py", "cli.py"):
         root = _package_copy(tmp_path, edit.replace("/", "-"), edit)
         monkeypatch.setattr(train_mod, "code_version", lambda root=root: code_version(root))
         versions[edit] = model_version_id(record["dataset_version"], settings)
     changed = {e for e, v in versions.items() if v != record["model_version"]}
     assert changed == {"ml/train.py", "ml/models/segmenter.py", "ingest/imaging.py",
-                       "evaluation/metrics.py"}
+                       "evaluation/metrics.py", "evaluation/tuning.py", "scoring/postprocess.py"}
     assert len({versions[e] for e in changed}) == len(changed)
 
     # the facade the DAG calls after training follows the code version too
