@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from quality import _server, _settings
+from quality import PROFILES, _server, _settings
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> dict:
     server = _server(home)
     server.start()
     try:
-        settings = _settings(server, home, args.profile)
+        settings = _settings(server, home, dict(PROFILES[args.profile]))
         return postprocess_ablation(steps.open_store(settings), settings, args.model_version,
                                     include_test=args.test)
     finally:
@@ -45,7 +45,8 @@ def main() -> int:
     parser.add_argument("--model-version", required=True, help="the trained model version")
     parser.add_argument("--home", default="bench/results/quality-home",
                         help="server data and model cache (shared with bench/quality.py)")
-    parser.add_argument("--profile", default="cpu", help="the quality profile it was trained in")
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
+                        help="the quality profile it was trained in")
     parser.add_argument("--test", action="store_true",
                         help="also report the test patients' figures (once, beside validation)")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -95,8 +95,9 @@ def _server(home: Path):
 def _settings(server, home: Path, values: dict):
     from brain_tumor.settings import load_settings
 
+    keys = {"s3_access_key_id": server.access_key, "s3_secret_access_key": server.secret_key}
     return load_settings(env={}, s3_endpoint_url=server.endpoint, s3_bucket=server.bucket,
-                         home=home, **values)
+                         home=home, **{**keys, **values})
 
 
 def cmd_run(args: argparse.Namespace) -> dict:

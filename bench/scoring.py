@@ -292,8 +292,7 @@ def run(args: argparse.Namespace) -> dict:
     server = _server(home)
     server.start()
     pid = server.pid()
-    keys = {"s3_access_key_id": server.access_key, "s3_secret_access_key": server.secret_key}
-    settings = _settings(server, home, {**PROFILES["cpu"], **keys}).model_copy(update={
+    settings = _settings(server, home, dict(PROFILES["cpu"])).model_copy(update={
         "incoming_prefix": "bench-in/", "scores_prefix": "bench-out/", "engine": args.engine,
         "engine_threads": args.threads})
     store = steps.open_store(settings)

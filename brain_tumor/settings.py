@@ -160,6 +160,15 @@ class Settings(BaseModel):
         0.5, ge=0, description="Ceiling on false-positive slices per validation patient the "
                                "whole-study post-processing is tuned under (final labels).")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for 95% intervals.")
+    ood_max_train_slices: int = Field(
+        2000, ge=3, description="Training slices (sampled with train_seed) the out-of-"
+                                "distribution reference is fitted on.")
+    ood_slice_rate: float = Field(
+        0.01, gt=0, lt=1, description="Share of validation slices allowed over each out-of-"
+                                      "distribution bound (the bound's quantile).")
+    ood_study_share: float = Field(
+        0.5, gt=0, le=1, description="A study is flagged out of distribution when this share "
+                                     "of its slices is over a bound.")
 
     # --- where training runs (retraining DAG) ---
     trainer: Literal["local", "docker"] = Field(
@@ -235,6 +244,9 @@ class Settings(BaseModel):
                             "it and the worker has no GPU; else Keras).")
     engine_threads: int = Field(0, ge=0, description="Threads the ONNX engine uses per model "
                                                      "(0: the runtime's default, one per core).")
+    ood_withhold: bool = Field(
+        False, description="Withhold the masks and overlays of a study flagged out of "
+                           "distribution (it is still scored; summary.json says withheld).")
 
     # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
     alert_notifiers: str | None = Field(

@@ -356,16 +356,40 @@ def score_chunk(settings: Settings, model_version: str,
 
 def finish_batch(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
                  run_id: str, started_at: str, trigger: str | None = None) -> dict[str, Any]:
-    """Write the batch summary of a scoring run; returns it."""
-    from brain_tumor.scoring.batch import summarize
+    """Write the batch summary of a scoring run (with drift against the model version's
+    out-of-distribution reference, when it has one); returns it."""
+    from brain_tumor.ml.ood_reference import load_reference
+    from brain_tumor.scoring.batch import slice_probabilities, summarize
     from brain_tumor.store.datasets import utc_now
+    from brain_tumor.store.modelstore import ModelStore
     from brain_tumor.store.scores import ScoreStore
+    from brain_tumor.store.storage import StorageError
 
-    summary = summarize(plan, results, run_id, started_at, utc_now(), trigger)
-    key = ScoreStore(open_store(settings), settings).write_batch(summary)
+    store = open_store(settings)
+    reference, probabilities = None, []
+    scored = [r["study_id"] for r in results if r.get("status") == "scored"]
+    if scored:
+        try:
+            reference = load_reference(store, settings,
+                                       ModelStore(store, settings).record(plan["model_version"]))
+            if reference is not None:
+                probabilities = slice_probabilities(store, settings, plan["model_version"],
+                                                    scored)
+        except (StorageError, ValueError, KeyError) as exc:
+            reference = None
+            log.warning("batch %s: no drift figures, the out-of-distribution reference of %s "
+                        "or the batch's slice tables could not be read: %s", run_id,
+                        plan["model_version"], exc)
+    summary = summarize(plan, results, run_id, started_at, utc_now(), trigger, reference,
+                        probabilities)
+    key = ScoreStore(store, settings).write_batch(summary)
     log.info("batch %s: %d scored, %d skipped, %d quarantined, %d failed, %d deferred, "
-             "%d with tumor -> %s", run_id, summary["studies_scored"],
+             "%d with tumor, %d out of distribution -> %s", run_id, summary["studies_scored"],
              summary["studies_skipped"], summary["studies_quarantined"],
-             summary["studies_failed"], summary["studies_deferred"], summary["tumors_found"], key)
+             summary["studies_failed"], summary["studies_deferred"], summary["tumors_found"],
+             summary["studies_out_of_distribution"], key)
+    if summary["drift"] and summary["drift"]["exceeded"]:
+        log.warning("batch %s: drift over the PSI bound %s in %s", run_id,
+                    summary["drift"]["psi_bound"], ", ".join(summary["drift"]["exceeded"]))
     telemetry.report_batch(settings, summary)
     return summary

@@ -9,6 +9,9 @@ Names, under the prefix (default ``brain_tumor``):
 - ``scoring.studies_scored|quarantined|failed`` (c): studies of each scoring batch
 - ``scoring.tumor_positive_share`` (g): share of a batch's scored studies with a tumor
 - ``scoring.slices_per_second`` (g): slices scored per second of read + model + write time
+- ``scoring.studies_out_of_distribution`` (c): scored studies flagged out of distribution
+- ``scoring.drift.ood_score_psi|probability_psi`` (g): a batch's drift against the validation
+  slices (population stability index), when the batch summary has it
 - ``gate.<check>.value|bound|passed`` (g): each gate check of a candidate; ``gate.passed`` (g)
 - ``training.duration`` (ms): one training run, end to end
 """
@@ -72,6 +75,12 @@ def batch_metrics(summary: Mapping[str, Any]) -> list[Metric]:
     metrics = [Metric("scoring.studies_scored", scored, "c"),
                Metric("scoring.studies_quarantined", int(summary["studies_quarantined"]), "c"),
                Metric("scoring.studies_failed", int(summary["studies_failed"]), "c")]
+    if summary.get("studies_out_of_distribution"):  # a counter: nothing to add when none
+        metrics.append(Metric("scoring.studies_out_of_distribution",
+                              int(summary["studies_out_of_distribution"]), "c"))
+    for name, found in ((summary.get("drift") or {}).items()):
+        if isinstance(found, Mapping) and found.get("psi") is not None:
+            metrics.append(Metric(f"scoring.drift.{name}_psi", float(found["psi"]), "g"))
     if scored:
         metrics.append(Metric("scoring.tumor_positive_share",
                               int(summary["tumors_found"]) / scored, "g"))

@@ -66,7 +66,7 @@ from airflow.sdk import (
 )
 
 from brain_tumor.parse_settings import load_parse_settings
-from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary, scoring_quarantine
+from brain_tumor_airflow.alerts import on_dag_failure, on_scoring_summary, scoring_alerts
 from brain_tumor_airflow.assets import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def summarize() -> dict[str, Any]:
     summary = steps.finish_batch(_settings(), batch, results, run.run_id,
                                  batch["started_at"], str(run_type))
     if summary["failed"]:
-        scoring_quarantine(summary)  # the success callback will not run: alert here
+        scoring_alerts(summary, context)  # the success callback will not run: alert here
         raise AirflowException(f"{summary['studies_failed']} study task(s) failed: "
                                f"{', '.join(summary['failed'])}; the next run retries them")
     return summary

@@ -61,10 +61,10 @@ def copy_model(src: Settings, version: str, dst: Settings, as_version: str | Non
     source, target = ObjectStore.from_settings(src), ObjectStore.from_settings(dst)
     target.ensure_bucket()
     new = as_version or version
-    for name in MODEL_FILES:
+    record = {**ModelStore(source, src).record(version), "model_version": new}
+    for name in (*MODEL_FILES, *(("ood.npz",) if record.get("ood") else ())):
         target.put(ModelStore(target, dst).key(new, name),
                    source.get(ModelStore(source, src).key(version, name)))
-    record = {**ModelStore(source, src).record(version), "model_version": new}
     target.put_json(ModelStore(target, dst).key(new, "model.json"), record)
     return new
 

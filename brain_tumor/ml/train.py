@@ -44,6 +44,7 @@ TRAINING_FIELDS = (
     "seg_base_filters", "seg_depth", "seg_epochs", "seg_learning_rate", "train_seed", "augment",
     "max_train_slices", "threshold_rule", "seg_tumor_fraction", "seg_loss", "intensity_norm",
     "postprocess_min_sensitivity", "postprocess_max_fp_per_patient",
+    "ood_max_train_slices", "ood_slice_rate", "ood_study_share",
 )
 
 
@@ -258,9 +259,9 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         return models.record(version)
     weights = weights_provenance(settings.weights)
     keras.utils.set_random_seed(settings.train_seed)
-    arrays = load_arrays(store, settings, dataset_version, settings.image_size,
-                         progress=verbose > 0)
-    arrays = normalize_dataset(arrays, settings.intensity_norm)
+    raw_arrays = load_arrays(store, settings, dataset_version, settings.image_size,
+                             progress=verbose > 0)
+    arrays = normalize_dataset(raw_arrays, settings.intensity_norm)
     train = _cap(arrays.subset("train"), settings.max_train_slices, settings.train_seed)
     val = arrays.subset("val")
     with tempfile.TemporaryDirectory(prefix=f"brain-tumor-{version}-") as tmp:
@@ -277,6 +278,13 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
 
         postprocess = tune_on_validation(val, val_prob, segmenter, threshold, settings)
         # --- end post-processing tuning ---
+        # --- out-of-distribution reference: train slices fit it, validation slices bound it ---
+        from brain_tumor.ml.ood_reference import fit_training_reference, write_reference
+
+        ood_entry = write_reference(fit_training_reference(raw_arrays, arrays, classifier,
+                                                           val_prob, settings), out)
+        del raw_arrays
+        # --- end out-of-distribution reference ---
         classifier.save(out / "classifier.keras")
         segmenter.save(out / "segmenter.keras")
         export_for_cpu(classifier, segmenter, out)  # classifier.onnx, segmenter.onnx
@@ -294,7 +302,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
                   "weights": weights, "intensity_norm": settings.intensity_norm,
                   "created_at": utc_now(), "code_version": code_version(),
                   "train_slices": len(train), "val_slices": len(val),
-                  "postprocess": postprocess}
+                  "postprocess": postprocess, "ood": ood_entry}
         (out / "config.json").write_text(json.dumps(
             {"model_version": version, "dataset_version": dataset_version,
              "code_version": code_version(), "training": training_config(settings),

@@ -14,15 +14,23 @@ Only complete studies are planned: those whose folder holds its manifest
 ``plan_batch`` is pure; ``scan`` gathers its inputs with a handful of listings (one of
 ``incoming/``, one of each earlier champion's ``_done/`` folder, one of the quarantine folder),
 so a run over a large archive costs listing pages, not one request per study.
+
+The batch summary counts the studies flagged out of distribution and, when the model version has
+an out-of-distribution reference, states drift (``batch_drift``): the population stability
+index and Kolmogorov-Smirnov statistic of the batch's study OOD scores and of its slices'
+probabilities against the model's validation slices, with the bound ``ood.PSI_BOUND``. A value
+is judged against the bound only from ``DRIFT_MIN_SAMPLE`` values on (fewer say little).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from brain_tumor.scoring import ood
 from brain_tumor.settings import Settings
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.manifests import describe_incomplete, overdue
@@ -32,6 +40,11 @@ from brain_tumor.store.scores import ScoreStore
 from brain_tumor.store.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+#: a drift value is judged against its bound only when the batch gives this many values
+DRIFT_MIN_SAMPLE = 10
+#: drift's compared values: (summary name, reference sample in ``Reference.validation``)
+DRIFT_VALUES = (("ood_score", "study_score"), ("probability", "probability"))
 
 
 @dataclass(frozen=True)
@@ -118,9 +131,50 @@ def chunks(study_ids: list[str], size: int) -> list[list[str]]:
     return [study_ids[i:i + size] for i in range(0, len(study_ids), size)]
 
 
+def batch_drift(reference: ood.Reference | None, scored: list[dict[str, Any]],
+                probabilities: list[float]) -> dict[str, Any] | None:
+    """PSI and KS of the scored studies' OOD scores and their slices' ``probabilities``
+    against the reference's validation samples; None without a reference or a scored study."""
+    if reference is None or not scored:
+        return None
+    samples = {"ood_score": [float(r["ood_score"]) for r in scored
+                             if r.get("ood_score") is not None],
+               "probability": [float(p) for p in probabilities]}
+    drift: dict[str, Any] = {"psi_bound": ood.PSI_BOUND}
+    for name, ref_name in DRIFT_VALUES:
+        ref = reference.validation.get(ref_name)
+        sample = samples[name]
+        if ref is None or len(ref) < 10 or not sample:
+            drift[name] = None
+            continue
+        drift[name] = {"psi": round(ood.psi(ref, sample), 4),
+                       "ks": round(ood.ks_statistic(ref, sample), 4), "n": len(sample)}
+    drift["exceeded"] = [name for name, _ in DRIFT_VALUES if drift[name] is not None
+                         and drift[name]["n"] >= DRIFT_MIN_SAMPLE
+                         and drift[name]["psi"] > ood.PSI_BOUND]
+    return drift
+
+
+def slice_probabilities(store: ObjectStore, settings: Settings, model_version: str,
+                        study_ids: list[str]) -> list[float]:
+    """The slice probabilities of scored studies, read from their ``slices.parquet``."""
+    scores = ScoreStore(store, settings)
+
+    def read(study_id: str) -> list[float]:
+        table = store.get_parquet(scores.output_key(model_version, study_id, "slices.parquet"))
+        return [float(p) for p in table["probability"]]
+
+    with ThreadPoolExecutor(max_workers=settings.io_workers) as pool:
+        return [p for probs in pool.map(read, study_ids) for p in probs]
+
+
 def summarize(plan: dict[str, Any], results: list[dict[str, Any]], run_id: str,
-              started_at: str, finished_at: str, trigger: str | None = None) -> dict[str, Any]:
-    """The batch summary of one run from its plan and the per-study results."""
+              started_at: str, finished_at: str, trigger: str | None = None,
+              reference: ood.Reference | None = None,
+              probabilities: list[float] | None = None) -> dict[str, Any]:
+    """The batch summary of one run from its plan and the per-study results (for drift:
+    ``reference``, the model version's out-of-distribution reference, and ``probabilities``,
+    the scored studies' slice probabilities)."""
     by_status: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         by_status.setdefault(result["status"], []).append(result)
@@ -148,5 +202,10 @@ def summarize(plan: dict[str, Any], results: list[dict[str, Any]], run_id: str,
                          "detail": r["detail"]} for r in quarantined],
         "failed": failed,
         "started_at": started_at, "finished_at": finished_at,
+        "studies_out_of_distribution": sum(bool(r.get("out_of_distribution")) for r in scored),
+        "out_of_distribution": [{"study_id": r["study_id"], "ood_score": r.get("ood_score"),
+                                 "reasons": r.get("ood_reasons") or []}
+                                for r in scored if r.get("out_of_distribution")],
+        "drift": batch_drift(reference, scored, probabilities or []),
     }
     return validate_record("batch_summary", record)

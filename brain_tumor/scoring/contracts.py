@@ -63,6 +63,7 @@ class StudyPrediction:
     masks: list[np.ndarray]  # N boolean masks
     geometry: list[dict[str, Any]]  # N of {area, bbox, centroid}
     summary: dict[str, Any] = field(default_factory=dict)  # post-processing facts for summary.json
+    ood_score: np.ndarray | None = None  # N out-of-distribution slice scores (None: unchecked)
 
 
 class StudyReader(Protocol):

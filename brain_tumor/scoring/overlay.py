@@ -2,6 +2,8 @@
 
 Images here are RGB uint8. Slices come in file channel order (pre-contrast, FLAIR,
 post-contrast); the background is the FLAIR channel in grayscale unless ``composite`` is asked for.
+A contact sheet may carry a banner: a red band across its top with white text (the
+out-of-distribution flag).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ RED = (255, 0, 0)
 YELLOW = (255, 255, 0)
 WHITE = (255, 255, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+BANNER_RED = (200, 0, 0)
+BANNER_HEIGHT = 36
+#: the overview banner of a study flagged out of distribution
+OOD_BANNER = "OUT OF DISTRIBUTION - unlike the training data"
 
 
 def _background(image: np.ndarray, composite: bool) -> np.ndarray:
@@ -39,19 +45,21 @@ def _background(image: np.ndarray, composite: bool) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def _put_text(canvas: np.ndarray, text: str, y_baseline: int, color: tuple[int, int, int]) -> None:
+def _put_text(canvas: np.ndarray, text: str, y_baseline: int, color: tuple[int, int, int],
+              scale: float = 0.5, thickness: int = 1) -> None:
     """Draw text left-aligned at a baseline, shrunk to fit the canvas width."""
     width = canvas.shape[1] - 8
-    scale = 0.5
-    (tw, _), _ = cv2.getTextSize(text, FONT, scale, 1)
+    (tw, _), _ = cv2.getTextSize(text, FONT, scale, thickness)
     if tw > width:
         scale *= width / tw
-    cv2.putText(canvas, text, (4, y_baseline), FONT, scale, color, 1, cv2.LINE_AA)
+    cv2.putText(canvas, text, (4, y_baseline), FONT, scale, color, thickness, cv2.LINE_AA)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray | None, bbox: tuple[int, int, int, int] | None,
-            probability: float, label: int, *, composite: bool = False) -> np.ndarray:
-    """An RGB uint8 picture of a slice: tumor contour (red), box (yellow), probability, footer."""
+            probability: float, label: int, *, composite: bool = False,
+            caption: str | None = None) -> np.ndarray:
+    """An RGB uint8 picture of a slice: tumor contour (red), box (yellow), probability (or
+    ``caption`` in its place), footer."""
     bg = _background(image, composite)
     h, w = bg.shape[:2]
     scale = max(1, math.ceil(MIN_SIDE / min(h, w)))
@@ -72,13 +80,16 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, bbox: tuple[int, int, in
     canvas = np.zeros((h * scale + 2 * BAND, w * scale, 3), np.uint8)
     canvas[BAND:BAND + h * scale] = big
     verdict = "tumor" if int(label) else "no tumor"
-    _put_text(canvas, f"p={float(probability):.2f} {verdict}", BAND - 6, WHITE)
+    _put_text(canvas, caption if caption is not None else f"p={float(probability):.2f} {verdict}",
+              BAND - 6, WHITE)
     _put_text(canvas, FOOTER, canvas.shape[0] - 7, WHITE)
     return canvas
 
 
-def contact_sheet(tiles: list[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
-    """RGB tiles laid out in a grid (row by row), padded to the largest tile; dark gaps."""
+def contact_sheet(tiles: list[np.ndarray], columns: int = 4, gap: int = 4,
+                  banner: str | None = None) -> np.ndarray:
+    """RGB tiles laid out in a grid (row by row), padded to the largest tile; dark gaps; a red
+    band with ``banner`` across the top when given."""
     if not tiles:
         raise ValueError("contact_sheet needs at least one tile")
     if columns < 1:
@@ -93,7 +104,12 @@ def contact_sheet(tiles: list[np.ndarray], columns: int = 4, gap: int = 4) -> np
         r, c = divmod(i, cols)
         y, x = gap + r * (th + gap), gap + c * (tw + gap)
         sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
-    return sheet
+    if banner is None:
+        return sheet
+    band = np.zeros((BANNER_HEIGHT, sheet.shape[1], 3), np.uint8)
+    band[:] = BANNER_RED
+    _put_text(band, banner, BANNER_HEIGHT - 12, WHITE, scale=0.6, thickness=2)
+    return np.concatenate([band, sheet], axis=0)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -8,6 +8,12 @@ the marker has no visible result and re-running it rewrites the same keys.
 ``ScoringPipeline`` holds one implementation of each seam (``brain_tumor.scoring.contracts``);
 build it once per loaded model version and score as many studies with it as there are
 (``score_many`` reads the next study while the model runs on one).
+
+When the model version has an out-of-distribution reference (``ood.npz``), every study is
+checked after the model ran (``ood_check``): summary.json gets ``out_of_distribution``,
+``ood_score``, ``ood_slices``, ``ood_reasons``, ``ood_note`` and ``withheld``, slices.parquet
+the slices' ``ood_score``. A flagged study is still scored; with ``ood_withhold`` its masks and
+overlays are not written. A version without a reference leaves these fields null.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from brain_tumor.ml.predict import LoadedModel
+from brain_tumor.ml.ood_reference import load_reference
+from brain_tumor.ml.predict import LoadedModel, to_model_input
+from brain_tumor.scoring import ood
 from brain_tumor.scoring.contracts import (
     InferenceEngine,
     OutputWriter,
     PostProcessor,
+    RawPrediction,
     Study,
     StudyReader,
     StudyRejected,
@@ -43,6 +52,38 @@ from brain_tumor.store.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: summary.json's out-of-distribution fields of a study scored without a reference
+UNCHECKED = {"out_of_distribution": None, "ood_score": None, "ood_slices": None,
+             "ood_reasons": None, "ood_note": "the model version has no out-of-distribution "
+                                              "reference", "withheld": False}
+REDUCED_NOTE = ("reduced_sequences: channels were filled from the FLAIR, so the input "
+                "statistics are not judged; the features detector alone decides")
+
+
+def ood_check(reference: ood.Reference | None, study: Study, raw: RawPrediction,
+              image_size: int) -> tuple[ood.OodResult | None, dict[str, Any]]:
+    """The study's out-of-distribution result and its summary.json fields.
+
+    Input statistics are taken on the resized model input before normalization (what the
+    reference was fitted on); features are the engine's. A study with ``reduced_sequences`` is
+    judged by the features alone (the training data holds such studies).
+    """
+    if reference is None:
+        return None, dict(UNCHECKED)
+    values: dict[str, np.ndarray] = {}
+    note = None
+    if study.summary.get("reduced_sequences"):
+        note = REDUCED_NOTE
+    else:
+        values["input"] = ood.input_statistics(to_model_input(study.images, image_size))
+    if raw.features is not None and reference.detector("features") is not None:
+        values["features"] = raw.features
+    if not values:
+        return None, {**UNCHECKED, "ood_note": f"{note}; the engine gave no features, so the "
+                                               "study was not checked"}
+    result = ood.check(reference, values)
+    return result, {**result.summary(), "ood_note": note, "withheld": False}
+
 
 @dataclass
 class ScoringPipeline:
@@ -53,6 +94,8 @@ class ScoringPipeline:
     postprocess: PostProcessor
     writers: list[OutputWriter]
     scores: ScoreStore
+    reference: ood.Reference | None = None  # the model version's out-of-distribution reference
+    withhold: bool = False  # flagged studies: no masks or overlays (``ood_withhold``)
 
     _ahead: dict[str, Future] = field(default_factory=dict, init=False, repr=False)
 
@@ -80,7 +123,16 @@ class ScoringPipeline:
             log.info("study %s already scored with %s; skipping", study_id, mv)
             return {"study_id": study_id, "status": "skipped", **self.scores.summary(mv, study_id)}
         read_s, clock = time.perf_counter() - clock, time.perf_counter()
-        pred = self.postprocess(self.engine.predict(study.images), study, self.engine.threshold)
+        raw = self.engine.predict(study.images)
+        pred = self.postprocess(raw, study, self.engine.threshold)
+        ood_clock = time.perf_counter()
+        checked, ood_fields = ood_check(self.reference, study, raw,
+                                        int(self.engine.record["image_size"]))
+        if checked is not None:
+            pred.ood_score = checked.slice_score
+            ood_fields["withheld"] = bool(self.withhold and checked.flagged)
+        pred.summary.update(ood_fields)
+        ood_s = time.perf_counter() - ood_clock
         model_s, clock = time.perf_counter() - clock, time.perf_counter()
         for writer in self.writers:
             writer.write(self.scores, mv, study, pred)
@@ -98,8 +150,13 @@ class ScoringPipeline:
             log.info("study %s: done marker already present (scored concurrently)", study_id)
         timings = {"read_s": round(read_s, 4), "model_s": round(model_s, 4),
                    "write_s": round(time.perf_counter() - clock, 4)}
-        log.info("scored study %s with %s: %d slices, %d with tumor (read %.2fs, model %.2fs, "
-                 "write %.2fs)", study_id, mv, len(study.images), tumor_slices, *timings.values())
+        log.info("scored study %s with %s: %d slices, %d with tumor (read %.2fs, model %.2fs "
+                 "of which out-of-distribution check %.3fs, write %.2fs)", study_id, mv,
+                 len(study.images), tumor_slices, read_s, model_s, ood_s, timings["write_s"])
+        if summary.get("out_of_distribution"):
+            log.warning("study %s is out of distribution for %s%s: %s", study_id, mv,
+                        " (results withheld)" if summary.get("withheld") else "",
+                        summary.get("ood_reasons"))
         return {"study_id": study_id, "status": "scored", **summary, "timings": timings}
 
     def score_many(self, study_ids: list[str]) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
@@ -140,6 +197,8 @@ def build_pipeline(store: ObjectStore, settings: Settings,
         postprocess=post_processor(engine.record, settings),
         writers=output_writers(settings),
         scores=ScoreStore(store, settings),
+        reference=load_reference(store, settings, engine.record),
+        withhold=settings.ood_withhold,
     )
 
 

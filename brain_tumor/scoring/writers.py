@@ -8,6 +8,10 @@ Pixel columns are on the slices as scored (what the pictures show); the physical
 (``brain_tumor.scoring.units``: mm², mm) are on the study's source grid, and None where its
 spacing is unknown. ``SlicesTableWriter`` also adds the study's ``tumor_volume_ml`` and
 ``tumor_extent_mm`` to ``pred.summary``, which is merged into ``summary.json``.
+
+A study flagged out of distribution (``pred.summary["out_of_distribution"]``) has the flag on
+its overview picture; one whose results are withheld (``pred.summary["withheld"]``) gets no masks
+or overlays, and its overview shows the slices without any result.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from brain_tumor.scoring.contracts import OutputWriter, Study, StudyPrediction
-from brain_tumor.scoring.overlay import contact_sheet, encode_png, overlay
+from brain_tumor.scoring.overlay import OOD_BANNER, contact_sheet, encode_png, overlay
 from brain_tumor.scoring.units import physical_units
 from brain_tumor.settings import Settings
 from brain_tumor.store.schemas import validate_table
@@ -48,6 +52,8 @@ def slices_table(study: Study, pred: StudyPrediction,
         "centroid_x": np.asarray([c[1] for c in cents], np.float64),
         **{name: np.asarray([np.nan if v is None else v for v in values], np.float64)
            for name, values in units.items()},
+        "ood_score": (np.full(len(pred.prob), np.nan) if pred.ood_score is None
+                      else np.asarray(pred.ood_score, np.float64)),
     })
     return validate_table("scored_slices", df)
 
@@ -82,6 +88,14 @@ class PictureWriter:
               pred: StudyPrediction) -> list[str]:
         """Write every picture; returns their names."""
         sid, idx = study.study_id, study.slice_index
+        banner = OOD_BANNER if pred.summary.get("out_of_distribution") else None
+        if pred.summary.get("withheld"):
+            shown = spread(list(range(len(study.images))), FALLBACK_TILES)
+            tiles = [overlay(study.images[i], None, None, float(pred.prob[i]),
+                             int(pred.label[i]), caption="result withheld") for i in shown]
+            scores.put_output(model_version, sid, "overview.png",
+                              encode_png(contact_sheet(tiles, banner=banner)), "image/png")
+            return ["overview.png"]
         tumor = [i for i in range(len(study.images)) if pred.label[i]]
 
         def picture(i: int) -> np.ndarray:
@@ -100,7 +114,8 @@ class PictureWriter:
             pictures = dict(zip(tumor, pool.map(write_tumor_slice, tumor), strict=True))
         shown = (spread(tumor, MAX_OVERVIEW_TILES)
                  or spread(list(range(len(study.images))), FALLBACK_TILES))
-        sheet = contact_sheet([pictures[i] if i in pictures else picture(i) for i in shown])
+        sheet = contact_sheet([pictures[i] if i in pictures else picture(i) for i in shown],
+                              banner=banner)
         scores.put_output(model_version, sid, "overview.png", encode_png(sheet), "image/png")
         return [*(f"masks/{idx[i]}.png" for i in tumor), *(f"overlays/{idx[i]}.png" for i in tumor),
                 "overview.png"]

@@ -45,7 +45,7 @@ def utc_now() -> str:
 
 #: the sources, relative to the package folder, whose content decides what a trained model is
 CODE_SOURCES = ("ml", "ingest/imaging.py", "evaluation/metrics.py", "evaluation/tuning.py",
-                "scoring/postprocess.py")
+                "scoring/postprocess.py", "scoring/ood.py")
 
 
 @functools.cache
@@ -57,8 +57,9 @@ def code_version(root: Path | None = None, sources: tuple[str, ...] = CODE_SOURC
     under ``brain_tumor/ml/`` (inputs, models, training, prediction),
     ``brain_tumor/ingest/imaging.py`` (how slices are decoded and resized),
     ``brain_tumor/evaluation/metrics.py`` (the threshold rule), ``brain_tumor/evaluation/tuning.py``
-    and ``brain_tumor/scoring/postprocess.py`` (the post-processing tuned at training). Read once
-    per process.
+    and ``brain_tumor/scoring/postprocess.py`` (the post-processing tuned at training),
+    ``brain_tumor/scoring/ood.py`` (the statistics the out-of-distribution reference is fitted
+    on). Read once per process.
     """
     try:
         package = package_version("brain-tumor")

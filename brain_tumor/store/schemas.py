@@ -129,6 +129,9 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                    "tumor, or spacing unknown)", nullable=True),
                Col("bbox_height_mm", "float", "box height (rows) in mm", nullable=True),
                Col("bbox_width_mm", "float", "box width (columns) in mm", nullable=True),
+               Col("ood_score", "float", "out-of-distribution score: largest distance / bound "
+                   "(> 1: over a bound); null when the model version has no reference",
+                   nullable=True),
            )),
     Schema("dataset", "datasets/<version>/dataset.json",
            "Written last: a version exists only once this object does.", (
@@ -234,7 +237,11 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
            "columns]), null where the spacing is unknown (TIFF), and format (tiff | nifti | "
            "dicom); DICOM and NIfTI studies add reduced_sequences (bool), filled_channels "
            "(channels filled from the FLAIR), spacing_mm ([slices, rows, columns]) and "
-           "voxel_volume_ml.", (
+           "voxel_volume_ml. The out-of-distribution check adds out_of_distribution (bool), "
+           "ood_score (median slice score; > 1: over a bound), ood_slices (slices over a bound), "
+           "ood_reasons ([{statistic, value, bound, slices_over}]), ood_note and withheld (masks "
+           "and overlays not written); the ood fields are null for model versions without a "
+           "reference.", (
                Col("study_id", "str", ""),
                Col("model_version", "str", ""),
                Col("dataset_version", "str", ""),
@@ -259,7 +266,11 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("files", "list", "keys of the offending objects (may be empty)"),
                Col("at", "str", "ISO 8601 UTC"),
            ), table=False),
-    Schema("batch_summary", "scores/batches/<run_id>.json", "One scoring batch (DAG run).", (
+    Schema("batch_summary", "scores/batches/<run_id>.json", "One scoring batch (DAG run). "
+           "Runs with the out-of-distribution check add studies_out_of_distribution (int), "
+           "out_of_distribution ([{study_id, ood_score, reasons}]) and drift ({psi_bound, "
+           "ood_score: {psi, ks, n}, probability: {psi, ks, n}, exceeded}; null without a "
+           "reference or a scored study).", (
         Col("run_id", "str", "Airflow run id (characters other than letters, digits, '._-' "
                              "become '_' in the key)"),
         Col("trigger", "str", "what started the run: scheduled, asset_triggered, manual",

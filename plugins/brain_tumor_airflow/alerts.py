@@ -12,7 +12,9 @@ Hooks:
 - ``on_dag_failure``: a DAG-level ``on_failure_callback`` (retrain_nightly, batch_score).
 - ``model_rejected``: called by retrain_nightly's ``reject`` task with the registry event.
 - ``on_scoring_summary``: an ``on_success_callback`` of batch_score's ``summarize`` task; alerts
-  when the batch quarantined studies (``scoring_quarantine`` does the same from a summary dict).
+  when the batch quarantined studies (``scoring_quarantine`` does the same from a summary dict),
+  when it flagged studies out of distribution (``scoring_out_of_distribution``) and when its
+  drift passed the PSI bound (``scoring_drift``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RUN_FAILED, MODEL_REJECTED, STUDIES_QUARANTINED = "run_failed", "model_rejected", \
     "studies_quarantined"
+STUDIES_OUT_OF_DISTRIBUTION, SCORING_DRIFT = "studies_out_of_distribution", "scoring_drift"
 
 
 def run_url(dag_id: str | None, run_id: str | None) -> str | None:
@@ -96,7 +99,54 @@ def scoring_quarantine(summary: dict[str, Any] | None,
                 model_version=summary.get("model_version"), studies=studies, count=count)
 
 
+def _studies(count: int) -> str:
+    return f"stud{'y' if count == 1 else 'ies'}"
+
+
+def scoring_out_of_distribution(summary: dict[str, Any] | None,
+                                context: Any = None) -> dict[str, Any] | None:
+    """Alert when a batch summary reports studies flagged out of distribution; None otherwise."""
+    summary = summary or {}
+    count = int(summary.get("studies_out_of_distribution") or 0)
+    if not count:
+        return None
+    studies = [f.get("study_id") for f in summary.get("out_of_distribution") or []]
+    return send(STUDIES_OUT_OF_DISTRIBUTION,
+                f"scoring run {summary.get('run_id')} flagged {count} {_studies(count)} as out "
+                f"of distribution (unlike the training data; their results are not to be "
+                f"relied on): {', '.join(map(str, studies)) or '?'}",
+                dag_id=SCORING_DAG, run_id=summary.get("run_id"), context=context,
+                model_version=summary.get("model_version"), studies=studies, count=count)
+
+
+def scoring_drift(summary: dict[str, Any] | None, context: Any = None) -> dict[str, Any] | None:
+    """Alert when a batch summary's drift passed its PSI bound; None otherwise."""
+    summary = summary or {}
+    drift = summary.get("drift") or {}
+    exceeded = list(drift.get("exceeded") or [])
+    if not exceeded:
+        return None
+    figures = {name: drift.get(name) for name in exceeded}
+    shown = "; ".join(f"{name} PSI {found['psi']} (KS {found['ks']}, {found['n']} values)"
+                      for name, found in figures.items() if found)
+    return send(SCORING_DRIFT,
+                f"scoring run {summary.get('run_id')}: drift against the validation slices "
+                f"over the PSI bound {drift.get('psi_bound')}: {shown}",
+                dag_id=SCORING_DAG, run_id=summary.get("run_id"), context=context,
+                model_version=summary.get("model_version"), drift=figures,
+                psi_bound=drift.get("psi_bound"))
+
+
+def scoring_alerts(summary: dict[str, Any] | None, context: Any = None) -> list[dict[str, Any]]:
+    """Every alert a batch summary calls for: quarantine, out of distribution, drift."""
+    found = (scoring_quarantine(summary, context), scoring_out_of_distribution(summary, context),
+             scoring_drift(summary, context))
+    return [alert for alert in found if alert is not None]
+
+
 def on_scoring_summary(context: Mapping[str, Any]) -> dict[str, Any] | None:
-    """on_success_callback of the summarize task: alert on quarantined studies."""
+    """on_success_callback of the summarize task: every alert the summary calls for; returns
+    the first sent (quarantine, out of distribution, drift), or None."""
     ti = context["ti"]
-    return scoring_quarantine(ti.xcom_pull(task_ids=ti.task_id), context)
+    sent = scoring_alerts(ti.xcom_pull(task_ids=ti.task_id), context)
+    return sent[0] if sent else None

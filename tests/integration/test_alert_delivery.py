@@ -148,6 +148,43 @@ def test_quarantined_studies_are_mailed(inbox: Inbox, dagbag: Any) -> None:
     assert "{{ 7 * 7 }}" in body  # data is never rendered as a template
 
 
+def test_flagged_studies_and_drift_are_mailed(inbox: Inbox, dagbag: Any) -> None:
+    dag = dagbag.dags["batch_score"]
+    run_id = "scheduled__2026-03-04T10:10:00+00:00"
+    reason = {"statistic": "input_distance", "value": 41.2, "bound": 6.3, "slices_over": 1.0}
+    summary = {"run_id": run_id, "model_version": "m-20260301-0200", "studies_quarantined": 0,
+               "quarantined": [], "studies_out_of_distribution": 1,
+               "out_of_distribution": [{"study_id": "CT_HEAD_0042", "ood_score": 6.5,
+                                        "reasons": [reason]}],
+               "drift": {"psi_bound": 0.25, "ood_score": {"psi": 0.1, "ks": 0.2, "n": 12},
+                         "probability": {"psi": 1.7, "ks": 0.6, "n": 240},
+                         "exceeded": ["probability"]}}
+    ti = SimpleNamespace(task_id="summarize", dag_id="batch_score", run_id=run_id,
+                         xcom_pull=lambda task_ids: {"summarize": summary}[task_ids])
+    callbacks = dag.get_task("summarize").on_success_callback
+    context = {"dag": dag, "ti": ti, "task_instance": ti, "run_id": run_id}
+    returned = [c(context) for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
+    alert = next(a for a in returned if isinstance(a, dict))
+    assert alert["kind"] == alerts.STUDIES_OUT_OF_DISTRIBUTION and alert["notified"] == ["smtp"]
+
+    subjects = {m["Subject"]: (r, m) for r, m in inbox.messages}
+    assert sorted(subjects) == [f"[brain-tumor] scoring drift: batch_score run {run_id}",
+                                f"[brain-tumor] studies out of distribution: batch_score run "
+                                f"{run_id}"]
+    for recipients, message in subjects.values():
+        _check_common(recipients, message, message.get_body(("html",)).get_content())
+    flagged = subjects[f"[brain-tumor] studies out of distribution: batch_score run {run_id}"][1]
+    assert "CT_HEAD_0042" in flagged.get_body(("html",)).get_content()
+    drifted = subjects[f"[brain-tumor] scoring drift: batch_score run {run_id}"][1]
+    body = drifted.get_body(("html",)).get_content()
+    assert "probability PSI 1.7" in body and "ood_score PSI" not in body
+    # a batch with neither sends nothing
+    inbox.messages.clear()
+    assert alerts.scoring_alerts({**summary, "studies_out_of_distribution": 0,
+                                  "drift": {**summary["drift"], "exceeded": []}}) == []
+    assert inbox.messages == []
+
+
 def test_a_down_smtp_server_is_logged_not_raised(monkeypatch, caplog, dagbag: Any) -> None:
     nobody = free_port()
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", _connection(nobody))

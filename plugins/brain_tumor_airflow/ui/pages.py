@@ -28,6 +28,7 @@ table{border-collapse:collapse;margin:.4rem 0 1rem}
 td,th{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}
 .champion{background:#e7f5e9}.muted{color:#777}
+.ood{background:#fde2e1;border:2px solid #d62728;padding:.45rem .7rem;margin:.6rem 0}
 .pics img{max-width:300px;margin:.3rem;border:1px solid #ccc}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.6rem;border:1px solid #ddd}
 """
@@ -192,6 +193,7 @@ def trends_page(base: str, versions: list[dict[str, Any]], datasets: list[dict[s
                        [Series("share tumor-positive", share),
                         Series("mean max probability",
                                [b.get("mean_max_probability") for b in old_first])], (0.0, 1.0))
+    drift += _psi_chart(old_first, b_labels)
     ds_rows = "".join(f"<tr><td>{e(d['version'])}</td><td>{when(d['created_at'])}</td>"
                       f"<td>{e(', '.join(d['exports']))}</td>"
                       + "".join(f"<td>{e(c.get(k))}</td>" for k in
@@ -202,6 +204,30 @@ def trends_page(base: str, versions: list[dict[str, Any]], datasets: list[dict[s
             f'<th>patients</th><th>slices</th><th>tumor slices</th><th>quarantined</th></tr>'
             f'{ds_rows}</table><h2>Score distribution (drift)</h2>{drift}')
     return layout(base, "trends", "Trends", body, alerts)
+
+
+def _psi_chart(batches: list[dict[str, Any]], labels: list[str]) -> str:
+    """Per-batch PSI of study OOD scores and slice probabilities against the validation slices,
+    with the bound (batches without drift figures leave gaps)."""
+    drifts = [b.get("drift") or {} for b in batches]
+    if not any(drifts):
+        return '<p class="empty">Drift against the validation slices (PSI): no data yet.</p>'
+
+    def psi(name: str) -> list[float | None]:
+        return [(d.get(name) or {}).get("psi") for d in drifts]
+
+    return line_chart("Drift against the validation slices (PSI; over the bound: drift)", labels,
+                      [Series("OOD score PSI", psi("ood_score")),
+                       Series("probability PSI", psi("probability")),
+                       Series("PSI bound", [d.get("psi_bound") for d in drifts])])
+
+
+def _ood_reasons(reasons: Sequence[dict[str, Any]] | None) -> str:
+    """Out-of-distribution reasons as HTML: 'statistic value > bound (share of slices)'."""
+    return "; ".join(f"{e(r.get('statistic'))} {num(r.get('value'), 2)} &gt; "
+                     f"{num(r.get('bound'), 2)} "
+                     f"({num(100 * float(r.get('slices_over') or 0), 0)}% of slices)"
+                     for r in reasons or [])
 
 
 def scoring_page(base: str, batches: list[dict[str, Any]], studies: list[dict[str, Any]],
@@ -217,6 +243,17 @@ def scoring_page(base: str, batches: list[dict[str, Any]], studies: list[dict[st
         except (KeyError, TypeError, ValueError):
             pass
         quar = ", ".join(e(x.get("study_id")) for x in b.get("quarantined") or [])
+        flagged = b.get("out_of_distribution") or []
+        ood = "".join(f'<div><a href="{base}/scoring/{q(b["model_version"])}/'
+                      f'{q(f.get("study_id") or "")}">{e(f.get("study_id"))}</a>: '
+                      f'{_ood_reasons(f.get("reasons"))}</div>' for f in flagged)
+        drift = b.get("drift") or {}
+        drift_cell = (" · ".join(f'{e(k.replace("_", " "))} PSI '
+                                 f'{num((drift.get(k) or {}).get("psi"))}'
+                                 for k in ("ood_score", "probability"))
+                      + (f' <span class="fail">over {num(drift.get("psi_bound"), 2)}: '
+                         f'{e(", ".join(drift.get("exceeded") or []))}</span>'
+                         if drift.get("exceeded") else "")) if drift else "—"
         brows.append(
             f'<tr id="batch-{anchor(b["run_id"])}"><td>{_run(SCORING_DAG, b["run_id"])}</td>'
             f'<td>{when(b.get("started_at"))}</td><td>{num(seconds, 1)} s</td>'
@@ -224,10 +261,13 @@ def scoring_page(base: str, batches: list[dict[str, Any]], studies: list[dict[st
             f'<td>{e(b["studies_skipped"])}</td>'
             f'<td class="{"fail" if b["studies_quarantined"] else ""}">'
             f'{e(b["studies_quarantined"])}{(" (" + quar + ")") if quar else ""}</td>'
-            f'<td>{e(b.get("studies_failed", "—"))}</td><td>{e(b["tumors_found"])}</td></tr>')
+            f'<td>{e(b.get("studies_failed", "—"))}</td><td>{e(b["tumors_found"])}</td>'
+            f'<td class="{"fail" if flagged else ""}">'
+            f'{e(b.get("studies_out_of_distribution", "—"))}{ood}</td><td>{drift_cell}</td></tr>')
     batches_html = ('<table id="batches"><tr><th>run</th><th>started</th><th>duration</th>'
                     '<th>model</th><th>scored</th><th>skipped</th><th>quarantined</th>'
-                    '<th>failed</th><th>tumors found</th></tr>' + "".join(brows) + "</table>"
+                    '<th>failed</th><th>tumors found</th><th>out of distribution</th>'
+                    '<th>drift</th></tr>' + "".join(brows) + "</table>"
                     if brows else "<p>No scoring batches yet.</p>")
     srows = "".join(
         f'<tr><td><a href="{base}/scoring/{q(s["model_version"])}/{q(s["study_id"])}">'
@@ -254,14 +294,25 @@ def study_page(base: str, version: str, study: dict[str, Any], alerts: list[dict
     rows = "".join(f"<tr><th>{e(k.replace('_', ' '))}</th><td>{num(s.get(k), 4)}</td></tr>"
                    for k in ("study_id", "model_version", "dataset_version", "tumor_present",
                              "tumor_slices", "slices", "tumor_volume_voxels", "tumor_volume_ml",
-                             "max_probability", "scored_at"))
+                             "max_probability", "out_of_distribution", "ood_score",
+                             "ood_slices", "withheld", "scored_at"))
+    flag = ""
+    if s.get("out_of_distribution"):
+        flag = (f'<div class="ood" id="ood-flag"><strong>OUT OF DISTRIBUTION</strong>: this study '
+                f'is unlike the model\'s training data; do not rely on its result'
+                f'{" (masks and overlays withheld)" if s.get("withheld") else ""}. '
+                f'Reasons: {_ood_reasons(s.get("ood_reasons"))}</div>')
+    if s.get("ood_note"):
+        flag += f'<p class="muted">Out-of-distribution check: {e(s["ood_note"])}</p>'
     pics = "".join(f'<figure><img src="{src}/overlays/{n}.png" alt="slice {n}">'
                    f'<figcaption>slice {n} · {NOTICE}</figcaption></figure>'
                    for n in study["overlays"])
-    body = (f'<table id="summary">{rows}</table><h2>Overview</h2><div class="pics">'
+    empty = ("<p>Withheld: the study is out of distribution.</p>" if s.get("withheld")
+             else "<p>No slice over the threshold.</p>")
+    body = (f'{flag}<table id="summary">{rows}</table><h2>Overview</h2><div class="pics">'
             f'<img src="{src}/overview.png" alt="overview of {e(sid)}"></div>'
             f'<h2>Tumor slices ({len(study["overlays"])})</h2>'
-            f'<div class="pics">{pics or "<p>No slice over the threshold.</p>"}</div>')
+            f'<div class="pics">{pics or empty}</div>')
     return layout(base, "scoring", f"Study {sid}", body, alerts)
 
 

@@ -1,0 +1,109 @@
+"""The out-of-distribution reference of a model version, fitted when it is trained.
+
+Training slices (at most ``ood_max_train_slices``, sampled with ``train_seed``) give each
+detector its centre and spread; the validation slices give its bound (``ood_slice_rate``) and
+the drift references. Test slices never reach the fit: the rows are picked by split here.
+
+Input statistics are taken on the model-input images before per-study normalization (the resized
+0..255 slices, what scoring computes them on); features are the classifier's pooled features of
+the normalized images (``brain_tumor.ml.export.classifier_with_features``, what the engines
+return). The reference is written as ``ood.npz`` beside the models; model.json's ``ood`` entry
+states its settings, bounds and slice counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from brain_tumor.scoring import ood
+from brain_tumor.settings import Settings
+from brain_tumor.store.modelstore import ModelStore
+from brain_tumor.store.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from brain_tumor.ml.inputs import ArrayDataset
+
+log = logging.getLogger(__name__)
+
+#: the reference's file in a model version's folder
+OOD_FILE = "ood.npz"
+
+
+def sample_rows(count: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``count`` rows, drawn without replacement."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def slice_features(classifier: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """N x F pooled classifier features of a model-input batch."""
+    from brain_tumor.ml.export import classifier_with_features
+
+    _, features = classifier_with_features(classifier).predict(
+        np.asarray(x, np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(features, np.float64)
+
+
+def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classifier: Any,
+                           val_prob: np.ndarray, settings: Settings) -> ood.Reference:
+    """Fit the reference on the train split's slices and bound it on the val split's.
+
+    ``raw`` holds the resized 0..255 images, ``model_input`` the same rows as the classifier
+    takes them (normalized per study); ``val_prob`` the classifier's validation probabilities.
+    """
+    if len(raw) != len(model_input) or not np.array_equal(raw.splits, model_input.splits):
+        raise ValueError(f"raw and model-input datasets must hold the same rows, received "
+                         f"{len(raw)} and {len(model_input)}")
+    train_all = np.flatnonzero(raw.splits == "train")
+    val_rows = np.flatnonzero(raw.splits == "val")
+    train_rows = train_all[sample_rows(len(train_all), settings.ood_max_train_slices,
+                                       settings.train_seed)]
+    if len(val_prob) != len(val_rows):
+        raise ValueError(f"val_prob must hold one probability per validation slice "
+                         f"({len(val_rows)}), received {len(val_prob)}")
+    train = {"input": ood.input_statistics(raw.images[train_rows]),
+             "features": slice_features(classifier, model_input.images[train_rows],
+                                        settings.batch_size)}
+    validation = {"input": ood.input_statistics(raw.images[val_rows]),
+                  "features": slice_features(classifier, model_input.images[val_rows],
+                                             settings.batch_size)}
+    reference = ood.fit_reference(train, validation, slice_rate=settings.ood_slice_rate,
+                                  study_share=settings.ood_study_share,
+                                  validation_prob=np.asarray(val_prob).reshape(-1))
+    log.info("out-of-distribution reference: %d train / %d validation slices, bounds %s",
+             len(train_rows), len(val_rows), reference_bounds(reference))
+    return reference
+
+
+def reference_bounds(reference: ood.Reference) -> dict[str, float]:
+    """Each detector's bound, by name."""
+    return {d.name: round(float(d.bound), 6) for d in reference.detectors}
+
+
+def write_reference(reference: ood.Reference, folder: Path) -> dict[str, Any]:
+    """Write ``ood.npz`` into folder; returns model.json's ``ood`` entry."""
+    (folder / OOD_FILE).write_bytes(reference.to_bytes())
+    return {"slice_rate": reference.slice_rate, "study_share": reference.study_share,
+            "bounds": reference_bounds(reference),
+            "train_slices": int(reference.facts.get("train_slices", 0)),
+            "validation_slices": int(reference.facts.get("validation_slices", 0))}
+
+
+def load_reference(store: ObjectStore, settings: Settings,
+                   record: dict[str, Any]) -> ood.Reference | None:
+    """The model version's reference (model.json ``record``); None for a version without one,
+    or (logged) one whose model.json names a reference this store does not hold."""
+    if not record.get("ood"):
+        return None
+    key = ModelStore(store, settings).key(str(record["model_version"]), OOD_FILE)
+    if not store.exists(key):
+        log.warning("model version %s: model.json states an out-of-distribution reference but "
+                    "%s does not exist; studies are scored without the check",
+                    record["model_version"], key)
+        return None
+    return ood.Reference.from_bytes(store.get(key))
