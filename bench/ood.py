@@ -1,0 +1,152 @@
+"""Out-of-distribution benchmark on the real LGG data: false flags on unseen patients, foreign
+studies caught, and what the check costs.
+
+  python bench/ood.py DATA --model-version M [--home DIR] [--engine auto|onnx|keras] [--json OUT]
+
+DATA is the LGG archive or an unpacked kaggle_3m folder; --home and --model-version name what
+`bench/quality.py run --home DIR` left (its SeaweedFS data holds the dataset's split and the model
+version with its reference, ``ood.npz``, fitted on the training patients and bounded on the
+validation patients at training time). Nothing here chooses anything: the bounds are the model
+version's.
+
+For each **test** patient of the model's dataset version (never used by the reference), the
+study's slices go through the engine and ``brain_tumor.scoring.study.ood_check``, exactly as
+scoring does. Reported: test patients flagged, the share of test slices flagged (95% Wilson
+interval, and a bootstrap interval over patients), and, for each foreign kind of
+``brain_tumor.devtools.synth_foreign`` made from each test study, the share of studies flagged.
+Cost: the check's time (input statistics + distances) against the engine's predict time on the
+same studies (a share of the model time alone, so an upper bound of its share end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from quality import PROFILES, _server, _settings, machine
+from scoring import _unpack
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_share(flags: list[np.ndarray], samples: int = 1000, seed: int = 0) -> list[float]:
+    """95% interval of the pooled flagged-slice share, resampling patients."""
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(samples):
+        pick = rng.integers(0, len(flags), len(flags))
+        pooled = np.concatenate([flags[i] for i in pick])
+        shares.append(float(pooled.mean()))
+    return [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark (see the module docstring)."""
+    from brain_tumor import steps
+    from brain_tumor.devtools.synth_dicom import tiff_slices
+    from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
+    from brain_tumor.ml.ood_reference import load_reference
+    from brain_tumor.scoring.contracts import Study
+    from brain_tumor.scoring.engines import load_engine
+    from brain_tumor.scoring.study import ood_check
+    from brain_tumor.store.datasets import DatasetStore
+    from brain_tumor.store.modelstore import ModelStore
+
+    home = Path(args.home).resolve()
+    server = _server(home)
+    server.start()
+    try:
+        settings = _settings(server, home, dict(PROFILES["cpu"])).model_copy(
+            update={"engine": args.engine})
+        store = steps.open_store(settings)
+        record = ModelStore(store, settings).record(args.model_version)
+        reference = load_reference(store, settings, record)
+        if reference is None:
+            raise SystemExit(f"model version {args.model_version} has no out-of-distribution "
+                             "reference (trained before the check existed?)")
+        split = DatasetStore(store, settings).split(record["dataset_version"])
+        test_ids = sorted(split.loc[split["split"] == "test", "patient_id"])
+        engine = load_engine(store, settings, args.model_version)
+        size = int(record["image_size"])
+        with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
+            root = _unpack(Path(args.data), Path(tmp))
+            per_patient, slice_flags, foreign = [], [], {k: [] for k in FOREIGN_KINDS}
+            predict_s = check_s = 0.0
+            for n, pid in enumerate(test_ids, 1):
+                images = tiff_slices(root / pid)
+                study = Study(pid, images, list(range(1, len(images) + 1)), [pid] * len(images))
+                clock = time.perf_counter()
+                raw = engine.predict(images)
+                predict_s += time.perf_counter() - clock
+                clock = time.perf_counter()
+                result, _ = ood_check(reference, study, raw, size)
+                check_s += time.perf_counter() - clock
+                slice_flags.append(result.slice_flag)
+                per_patient.append({"patient": pid, "slices": len(images),
+                                    "flagged": result.flagged, "score": round(result.score, 3),
+                                    "slices_flagged": int(result.slice_flag.sum())})
+                for kind in FOREIGN_KINDS:
+                    odd = foreign_slices(kind, images, seed=n)
+                    odd_study = Study(f"{pid}-{kind}", odd, study.slice_index, study.source)
+                    res, _ = ood_check(reference, odd_study, engine.predict(odd), size)
+                    foreign[kind].append(res.flagged)
+                logging.info("%d/%d %s: flagged %s (%d of %d slices)", n, len(test_ids), pid,
+                             result.flagged, int(result.slice_flag.sum()), len(images))
+    finally:
+        server.stop()
+    pooled = np.concatenate(slice_flags)
+    k, total = int(pooled.sum()), len(pooled)
+    return {
+        "machine": machine(), "model_version": args.model_version, "engine": args.engine,
+        "bounds": {d.name: d.bound for d in reference.detectors},
+        "slice_rate": reference.slice_rate, "study_share": reference.study_share,
+        "test_patients": len(test_ids),
+        "test_patients_flagged": sum(p["flagged"] for p in per_patient),
+        "test_slices": total, "test_slices_flagged": k,
+        "test_slice_share": k / total, "test_slice_share_wilson95": list(wilson(k, total)),
+        "test_slice_share_bootstrap95": bootstrap_share(slice_flags),
+        "foreign_flagged_share": {kind: float(np.mean(v)) for kind, v in foreign.items()},
+        "check_s": round(check_s, 3), "predict_s": round(predict_s, 3),
+        "check_share_of_model_time": round(check_s / predict_s, 4),
+        "patients": per_patient,
+    }
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="LGG archive or unpacked kaggle_3m folder")
+    parser.add_argument("--model-version", required=True)
+    parser.add_argument("--home", default="bench/results/quality-home",
+                        help="server data of bench/quality.py run")
+    parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    result = run(args)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
