@@ -185,9 +185,9 @@ def test_trends_page_charts_and_counts(ops_server, token, filled) -> None:
     html = get(ops_server, "/brain-tumor/trends", token).text
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / "trends.html").write_text(html)
-    assert html.count("<svg") == 4, re.findall(r"<title>([^<]*)</title>", html)
+    assert html.count("<svg") == 5, re.findall(r"<title>([^<]*)</title>", html)
     for title in ("Detection over model versions", "Dataset size over dataset versions",
-                  "Scored studies over time"):
+                  "Scored studies over time", "Drift against the validation slices (PSI"):
         assert title in html
     store = ObjectStore.from_settings(filled.settings)
     for version in filled.datasets:

@@ -90,7 +90,7 @@ def test_pages_in_airflow_ui(ops_server, filled, browser_page) -> None:
             expect(frame.get_by_text(text).first).to_be_visible()
         expect(frame.locator(".alert").first).to_be_visible()
         if label == "Trends":
-            expect(frame.locator("svg.chart")).to_have_count(4)
+            expect(frame.locator("svg.chart")).to_have_count(5)  # with the PSI drift chart
             expect(frame.locator("svg.chart circle").first).to_be_visible()
         page.screenshot(path=str(OUTPUT / f"{route}.png"), full_page=True)
 
