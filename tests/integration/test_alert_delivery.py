@@ -127,18 +127,23 @@ def test_a_rejected_candidate_is_mailed(inbox: Inbox) -> None:
     assert "sensitivity 0.71 &lt; floor 0.80" in body  # HTML-escaped, not dropped
 
 
+def _summarize_callbacks(dag: Any, run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Run the summarize task's success callbacks on a batch summary; the first alert sent."""
+    ti = SimpleNamespace(task_id="summarize", dag_id="batch_score", run_id=run_id,
+                         xcom_pull=lambda task_ids: {"summarize": summary}[task_ids])
+    callbacks = dag.get_task("summarize").on_success_callback
+    context = {"dag": dag, "ti": ti, "task_instance": ti, "run_id": run_id}
+    returned = [c(context) for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
+    return next(a for a in returned if isinstance(a, dict))
+
+
 def test_quarantined_studies_are_mailed(inbox: Inbox, dagbag: Any) -> None:
     dag = dagbag.dags["batch_score"]
     run_id = "scheduled__2026-03-03T10:10:00+00:00"
     summary = {"run_id": run_id, "model_version": "m-20260301-0200", "studies_quarantined": 2,
                "quarantined": [{"study_id": "TCGA_CS_4941_19960909", "reason": "corrupt"},
                                {"study_id": "{{ 7 * 7 }}", "reason": "bad name"}]}
-    ti = SimpleNamespace(task_id="summarize", dag_id="batch_score", run_id=run_id,
-                         xcom_pull=lambda task_ids: {"summarize": summary}[task_ids])
-    callbacks = dag.get_task("summarize").on_success_callback
-    context = {"dag": dag, "ti": ti, "task_instance": ti, "run_id": run_id}
-    returned = [c(context) for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
-    alert = next(a for a in returned if isinstance(a, dict))
+    alert = _summarize_callbacks(dag, run_id, summary)
     assert alert["kind"] == alerts.STUDIES_QUARANTINED and alert["notified"] == ["smtp"]
 
     recipients, message, body = _only_message(inbox)
@@ -159,12 +164,7 @@ def test_flagged_studies_and_drift_are_mailed(inbox: Inbox, dagbag: Any) -> None
                "drift": {"psi_bound": 0.25, "ood_score": {"psi": 0.1, "ks": 0.2, "n": 12},
                          "probability": {"psi": 1.7, "ks": 0.6, "n": 240},
                          "exceeded": ["probability"]}}
-    ti = SimpleNamespace(task_id="summarize", dag_id="batch_score", run_id=run_id,
-                         xcom_pull=lambda task_ids: {"summarize": summary}[task_ids])
-    callbacks = dag.get_task("summarize").on_success_callback
-    context = {"dag": dag, "ti": ti, "task_instance": ti, "run_id": run_id}
-    returned = [c(context) for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
-    alert = next(a for a in returned if isinstance(a, dict))
+    alert = _summarize_callbacks(dag, run_id, summary)
     assert alert["kind"] == alerts.STUDIES_OUT_OF_DISTRIBUTION and alert["notified"] == ["smtp"]
 
     subjects = {m["Subject"]: (r, m) for r, m in inbox.messages}
