@@ -154,6 +154,12 @@ def _add_files(app: FastAPI) -> None:
     def overview(model_version: str, study_id: str) -> Response:
         return _png(ops_data().study_picture(model_version, study_id, "overview.png"))
 
+    @app.get("/files/scores/{model_version}/{study_id}/clinical/{field}")
+    def clinical(model_version: str, study_id: str, field: str) -> Response:
+        data, name, media = ops_data().study_file(model_version, study_id, field)
+        return Response(data, media_type=media, headers={
+            **_HEADERS, "Content-Disposition": f'attachment; filename="{study_id}-{name}"'})
+
     @app.get("/files/scores/{model_version}/{study_id}/overlays/{number}.png")
     def overlay(model_version: str, study_id: str, number: int) -> Response:
         if not 0 <= number < 10**6:

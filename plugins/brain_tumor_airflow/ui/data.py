@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ HEADLINE = catalog.ON_PAGE
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png")  # matched whole (fullmatch)
 RECENT_BATCHES = 50
 RECENT_STUDIES = 100
+#: a scored study's clinical outputs (summary.json field -> file name, media type)
+CLINICAL_FILES = {"dicom_seg": ("seg.dcm", "application/dicom"),
+                  "nifti_mask": ("mask.nii.gz", "application/gzip")}
 
 
 class NotFound(LookupError):
@@ -174,9 +178,23 @@ class OpsData:
                       reverse=True)
 
     def scored_studies(self, limit: int = RECENT_STUDIES) -> list[dict[str, Any]]:
-        """The most recently scored studies of every model version: study id, model, when."""
-        return [{"study_id": s.study_id, "model_version": s.model_version, "at": s.at}
-                for s in self.scores.scored(limit)]
+        """The most recently scored studies of every model version: study id, model, when, and
+        the clinical outputs its summary lists (``CLINICAL_FILES``' fields, None without)."""
+        recent = self.scores.scored(limit)
+
+        def outputs(study: Any) -> dict[str, Any]:
+            try:
+                summary = self.scores.result(study.model_version, study.study_id) or {}
+            except (StorageError, SchemaError, ValueError) as exc:
+                log.warning("summary of %s (%s) unreadable: %s", study.study_id,
+                            study.model_version, exc)
+                summary = {}
+            return {field: summary.get(field) for field in CLINICAL_FILES}
+
+        with ThreadPoolExecutor(max_workers=self.settings.io_workers) as pool:
+            found = list(pool.map(outputs, recent))
+        return [{"study_id": s.study_id, "model_version": s.model_version, "at": s.at, **out}
+                for s, out in zip(recent, found, strict=True)]
 
     def quarantined_studies(self, version: str) -> list[dict[str, Any]]:
         """The quarantine records of a model version's scoring."""
@@ -189,6 +207,20 @@ class OpsData:
         if summary is None:
             raise NotFound(f"study {study_id} has no result from model version {version}")
         return {"summary": summary, "overlays": self.scores.overlay_slices(version, study_id)}
+
+    def study_file(self, version: str, study_id: str, field: str) -> tuple[bytes, str, str]:
+        """(bytes, file name, media type) of a clinical output a study's summary lists."""
+        self._known_model(version), check_study_id(study_id)
+        if field not in CLINICAL_FILES:
+            raise NotFound(f"not a clinical output: {field!r:.80}")
+        name, media = CLINICAL_FILES[field]
+        summary = self.scores.result(version, study_id)
+        if summary is None or summary.get(field) != name:
+            raise NotFound(f"study {study_id} has no {name} from model version {version}")
+        try:
+            return self.scores.get_output(version, study_id, name), name, media
+        except KeyNotFound as exc:
+            raise NotFound(f"no {name} of study {study_id}") from exc
 
     def study_picture(self, version: str, study_id: str, name: str) -> bytes:
         """overview.png or overlays/<n>.png of a scored study."""

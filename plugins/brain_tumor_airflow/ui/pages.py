@@ -271,9 +271,11 @@ def scoring_page(base: str, batches: list[dict[str, Any]], studies: list[dict[st
                     if brows else "<p>No scoring batches yet.</p>")
     srows = "".join(
         f'<tr><td><a href="{base}/scoring/{q(s["model_version"])}/{q(s["study_id"])}">'
-        f'{e(s["study_id"])}</a></td><td>{e(s["model_version"])}</td><td>{when(s["at"])}</td></tr>'
+        f'{e(s["study_id"])}</a></td><td>{e(s["model_version"])}</td><td>{when(s["at"])}</td>'
+        f'<td>{_clinical_links(base, s)}</td></tr>'
         for s in studies)
-    studies_html = ('<table id="studies"><tr><th>study</th><th>model</th><th>scored</th></tr>'
+    studies_html = ('<table id="studies"><tr><th>study</th><th>model</th><th>scored</th>'
+                    '<th>DICOM SEG / NIfTI mask</th></tr>'
                     + srows + "</table>" if srows else "<p>No scored studies yet.</p>")
     qrows = "".join(f'<tr><td>{e(r.get("study_id"))}</td><td>{e(r.get("model_version"))}</td>'
                     f'<td>{e(r.get("reason"))}</td><td>{e(r.get("detail"))}</td>'
@@ -284,6 +286,19 @@ def scoring_page(base: str, batches: list[dict[str, Any]], studies: list[dict[st
     body = (f"<h2>Recent batches</h2>{batches_html}<h2>Recently scored studies</h2>"
             f"{studies_html}<h2>Quarantined studies (champion)</h2>{quar_html}")
     return layout(base, "scoring", "Scoring", body, alerts)
+
+
+#: summary.json field of a clinical output -> its link text
+CLINICAL_LINKS = {"dicom_seg": "DICOM SEG", "nifti_mask": "NIfTI mask"}
+
+
+def _clinical_links(base: str, summary: dict[str, Any]) -> str:
+    """Download links to the clinical outputs a study's summary lists; "—" without any."""
+    q = lambda v: quote(str(v), safe="")  # noqa: E731
+    src = f"{base}/files/scores/{q(summary['model_version'])}/{q(summary['study_id'])}/clinical"
+    links = [f'<a class="clinical" href="{src}/{field}">{text}</a>'
+             for field, text in CLINICAL_LINKS.items() if summary.get(field)]
+    return " · ".join(links) or "—"
 
 
 def study_page(base: str, version: str, study: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
@@ -309,7 +324,14 @@ def study_page(base: str, version: str, study: dict[str, Any], alerts: list[dict
                    for n in study["overlays"])
     empty = ("<p>Withheld: the study is out of distribution.</p>" if s.get("withheld")
              else "<p>No slice over the threshold.</p>")
-    body = (f'{flag}<table id="summary">{rows}</table><h2>Overview</h2><div class="pics">'
+    clinical = _clinical_links(base, {**s, "model_version": version})
+    if clinical != "—":
+        sent = (f' · sent to the PACS ({e(s["pacs_sent"])})' if s.get("pacs_sent") else "")
+        clinical = f'<p id="clinical">Clinical outputs: {clinical}{sent}</p>'
+    else:
+        clinical = ""
+    body = (f'{flag}<table id="summary">{rows}</table>{clinical}<h2>Overview</h2>'
+            f'<div class="pics">'
             f'<img src="{src}/overview.png" alt="overview of {e(sid)}"></div>'
             f'<h2>Tumor slices ({len(study["overlays"])})</h2>'
             f'<div class="pics">{pics or empty}</div>')
