@@ -85,6 +85,11 @@ class Settings(BaseModel):
                                 "never taken; once its newest file is this many minutes old it "
                                 "is reported (an upload killed, or a copy never sealed)."
     )
+    ingest_lease_minutes: float = Field(
+        120.0, gt=0, description="An ingest holds a lease on its export for this long; a second "
+                                 "ingest of it stops at once, and takes over a lease past it "
+                                 "(the holder was killed)."
+    )
 
     # --- limits (hostile input: docs/reliability.md) ---
     max_file_bytes: int = Field(
@@ -248,6 +253,32 @@ class Settings(BaseModel):
         False, description="Withhold the masks and overlays of a study flagged out of "
                            "distribution (it is still scored; summary.json says withheld).")
 
+    # --- PACS (DICOMweb) as the scoring source (brain_tumor/store/pacs.py) ---
+    scoring_source: Literal["incoming", "dicomweb"] = Field(
+        "incoming", description="Where batch scoring finds studies: 'incoming' (what is "
+                                "uploaded under incoming/), or 'dicomweb' (a PACS: due studies "
+                                "are fetched into incoming/ first, and each study's DICOM SEG "
+                                "is stored back in the PACS).")
+    dicomweb_url: str | None = Field(
+        None, description="DICOMweb root of the PACS (QIDO-RS, WADO-RS and STOW-RS under it), "
+                          "e.g. http://pacs:8042/dicom-web.")
+    dicomweb_username: str | None = Field(
+        None, description="User of the PACS (HTTP basic authentication); unset: none.")
+    dicomweb_password: SecretStr | None = Field(None, description="Password of dicomweb_username.")
+    dicomweb_conn_id: str | None = Field(
+        None, description="Airflow connection (http) whose host, port, schema or extra 'path', "
+                          "login and password replace dicomweb_url, dicomweb_username and "
+                          "dicomweb_password in the tasks.")
+    dicomweb_window_days: float = Field(
+        3.0, gt=0, description="Studies whose StudyDate lies within this many days before the "
+                               "run are looked for in the PACS.")
+    dicomweb_stable_minutes: float = Field(
+        10.0, ge=0, description="A PACS study is fetched once its instance count has not "
+                                "changed for this many minutes (studies arrive instance by "
+                                "instance).")
+    dicomweb_timeout_s: float = Field(
+        60.0, gt=0, description="Timeout of one DICOMweb request (connect and each read).")
+
     # --- alerts (plugins/brain_tumor_airflow/alerts.py) ---
     alert_notifiers: str | None = Field(
         None, description="Comma list of Airflow notifiers each alert goes to besides the log "
@@ -322,6 +353,14 @@ class Settings(BaseModel):
             raise ValueError(f"s3_access_key_id and s3_secret_access_key go together (set both, "
                              f"or neither for boto3's default credential chain); received only "
                              f"{given}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pacs(self) -> Settings:
+        if self.scoring_source == "dicomweb" and not (self.dicomweb_url
+                                                      or self.dicomweb_conn_id):
+            raise ValueError("scoring_source 'dicomweb' needs the PACS: set dicomweb_url, or "
+                             "dicomweb_conn_id (an Airflow connection); received neither")
         return self
 
     @property

@@ -286,6 +286,10 @@ def plan_scoring(settings: Settings, now: datetime | None = None,
     The model is the champion unless ``model_version`` names another. Given ``study_ids``, the
     plan holds only those (all must be under incoming/), without the per-run cap or the
     re-scoring window; those the model scored or quarantined already are left out as usual.
+
+    With ``scoring_source`` ``dicomweb`` (and no ``study_ids``) the PACS's due studies are
+    fetched into incoming/ first (``brain_tumor.store.pacs.pull``); the plan's ``pacs`` says
+    how many it listed, were due, still arriving, fetched (None for the other source).
     """
     from dataclasses import replace
 
@@ -299,6 +303,7 @@ def plan_scoring(settings: Settings, now: datetime | None = None,
     else:
         version = check_model_version(model_version)
         ModelStore(store, settings).record(version)  # ModelNotFound when it was not published
+    pacs = _pull_from_pacs(settings, store, version, now) if study_ids is None else None
     inventory = scan(store, settings, version)
     window, limit = settings.rescore_window_days, settings.scoring_max_studies_per_run
     if study_ids is not None:
@@ -316,7 +321,17 @@ def plan_scoring(settings: Settings, now: datetime | None = None,
              "%d quarantined before, %d outside the %.1f-day re-scoring window", version,
              len(plan.study_ids), plan.deferred, plan.already_done, plan.quarantined_before,
              plan.outside_window, window)
-    return plan.as_dict()
+    return {**plan.as_dict(), "pacs": pacs}
+
+
+def _pull_from_pacs(settings: Settings, store: ObjectStore, model_version: str,
+                    now: datetime | None) -> dict[str, int] | None:
+    """Fetch the PACS's due studies into incoming/ when scoring from a PACS; the counts."""
+    if settings.scoring_source != "dicomweb":
+        return None
+    from brain_tumor.store.pacs import pull
+
+    return pull(store, settings, model_version, now).as_dict()
 
 
 def score_chunk(settings: Settings, model_version: str,

@@ -20,7 +20,9 @@ run `scores/batches/<run_id>.json`.
 ## Tasks
 1. **plan**: the champion (none yet: the run fails at once, without retries, saying so) and the
    due studies, oldest first, at most `BRAIN_TUMOR_SCORING_MAX_STUDIES_PER_RUN` (a backlog is
-   worked off over several runs).
+   worked off over several runs). With `BRAIN_TUMOR_SCORING_SOURCE=dicomweb` it first fetches
+   the PACS's due studies into `incoming/` (README, "Scoring from a PACS"); each study's DICOM
+   SEG then goes back to the PACS.
 2. **score**: one mapped task per chunk of `BRAIN_TUMOR_SCORING_CHUNK_SIZE` studies (default
    8), at most `BRAIN_TUMOR_SCORING_PARALLELISM` at once, on the `BRAIN_TUMOR_SCORING_QUEUE`
    Celery queue. Each Airflow task is its own process, so the model is loaded once per chunk

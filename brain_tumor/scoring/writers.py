@@ -12,6 +12,10 @@ spacing is unknown. ``SlicesTableWriter`` also adds the study's ``tumor_volume_m
 A study flagged out of distribution (``pred.summary["out_of_distribution"]``) has the flag on
 its overview picture; one whose results are withheld (``pred.summary["withheld"]``) gets no masks
 or overlays, and its overview shows the slices without any result.
+
+``ClinicalMaskWriter`` writes the final tumor mask on the grid the FLAIR was acquired on
+(``brain_tumor.scoring.clinical.masks_out``): ``seg.dcm`` for a DICOM study, ``mask.nii.gz`` for
+a NIfTI study, and says in ``pred.summary`` which it wrote (see its docstring for when none).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from brain_tumor.scoring.clinical.masks_out import (
+    acquired_masks,
+    build_segmentation,
+    dicom_bytes,
+    nifti_mask_bytes,
+)
 from brain_tumor.scoring.contracts import OutputWriter, Study, StudyPrediction
 from brain_tumor.scoring.overlay import OOD_BANNER, contact_sheet, encode_png, overlay
 from brain_tumor.scoring.units import physical_units
@@ -30,6 +40,8 @@ from brain_tumor.store.scores import ScoreStore
 
 MAX_OVERVIEW_TILES = 24  # tumor slices on the overview, evenly spaced when there are more
 FALLBACK_TILES = 4  # slices on the overview of a study without tumor
+DICOM_SEG = "seg.dcm"
+NIFTI_MASK = "mask.nii.gz"
 
 
 def slices_table(study: Study, pred: StudyPrediction,
@@ -121,6 +133,62 @@ class PictureWriter:
                 "overview.png"]
 
 
+class ClinicalMaskWriter:
+    """The final tumor mask on the acquired FLAIR grid: a DICOM SEG (``seg.dcm``) of a DICOM
+    study, a NIfTI mask (``mask.nii.gz``) of a NIfTI study.
+
+    summary.json gets ``dicom_seg`` and ``nifti_mask`` (the name written, or null) and
+    ``mask_output_note`` (null, or why a study of that format got none). Policy:
+
+    * a study whose results are withheld (``pred.summary["withheld"]``) gets neither;
+    * a DICOM study without any tumor slice gets no SEG (viewers handle empty segmentations
+      badly); its summary says so;
+    * a NIfTI study without tumor gets an all-zero mask;
+    * a TIFF study has no acquired grid and gets neither.
+    """
+
+    def write(self, scores: ScoreStore, model_version: str, study: Study,
+              pred: StudyPrediction) -> list[str]:
+        """Write the study's SEG or NIfTI mask (when the policy calls for one); returns names."""
+        fmt = study.meta.get("format")
+        fields: dict[str, str | None] = {"dicom_seg": None, "nifti_mask": None,
+                                         "mask_output_note": None}
+        written: list[str] = []
+        if fmt not in ("dicom", "nifti"):
+            fields["mask_output_note"] = f"a {fmt} study has no acquired grid to write a mask on"
+        elif pred.summary.get("withheld"):
+            fields["mask_output_note"] = "results withheld: no mask is written"
+        elif fmt == "nifti":
+            mask = acquired_masks(study, pred)
+            data = nifti_mask_bytes(mask, np.asarray(study.meta["acquired_affine"]))
+            scores.put_output(model_version, study.study_id, NIFTI_MASK, data,
+                              "application/gzip")
+            fields["nifti_mask"], written = NIFTI_MASK, [NIFTI_MASK]
+        elif not any(int(v) for v in pred.label):
+            fields["mask_output_note"] = "no tumor slice: no segmentation is written"
+        else:
+            seg = build_segmentation(study.meta["flair_headers"], acquired_masks(study, pred),
+                                     model_version)
+            if seg is None:
+                fields["mask_output_note"] = "no tumor voxel on the acquired grid: no " \
+                                             "segmentation is written"
+            else:
+                scores.put_output(model_version, study.study_id, DICOM_SEG, dicom_bytes(seg),
+                                  "application/dicom")
+                fields["dicom_seg"], written = DICOM_SEG, [DICOM_SEG]
+        pred.summary.update(fields)
+        return written
+
+
 def output_writers(settings: Settings) -> list[OutputWriter]:
-    """Every output a scored study gets: the slices table and the pictures."""
-    return [SlicesTableWriter(), PictureWriter(settings.io_workers)]
+    """Every output a scored study gets: the slices table, the pictures, the clinical masks."""
+    writers: list[OutputWriter] = [
+        SlicesTableWriter(),
+        PictureWriter(settings.io_workers),
+        ClinicalMaskWriter(),
+    ]
+    if settings.scoring_source == "dicomweb":  # last: it sends what the writers above wrote
+        from brain_tumor.scoring.pacs_out import PacsSegSender
+
+        writers.append(PacsSegSender(settings))
+    return writers

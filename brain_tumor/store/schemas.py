@@ -241,7 +241,13 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
            "ood_score (median slice score; > 1: over a bound), ood_slices (slices over a bound), "
            "ood_reasons ([{statistic, value, bound, slices_over}]), ood_note and withheld (masks "
            "and overlays not written); the ood fields are null for model versions without a "
-           "reference.", (
+           "reference. The clinical mask writer adds dicom_seg ('seg.dcm': the tumor mask as a "
+           "DICOM Segmentation of the FLAIR series, or null), nifti_mask ('mask.nii.gz': uint8 "
+           "0/1 on the FLAIR file's grid and affine, or null) and mask_output_note (null, or why "
+           "none was written). Policy: a TIFF study and a study whose results are withheld get "
+           "neither; a DICOM study without a tumor slice gets no SEG; a NIfTI study without "
+           "tumor gets an all-zero mask. A study whose SEG was stored in the PACS "
+           "(scoring_source dicomweb) adds pacs_sent (when, ISO 8601 UTC).", (
                Col("study_id", "str", ""),
                Col("model_version", "str", ""),
                Col("dataset_version", "str", ""),
@@ -259,7 +265,8 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("reason", "str", "empty | duplicate | bad_name | incomplete | too_many_slices | "
                                     "too_large | wrong_size | unreadable | not_tiff | too_small | "
                                     "not_uint8 | channels | unsupported_format | not_3d | "
-                                    "no_flair | frame_of_reference | intensity_range | not_dicom | "
+                                    "no_flair | no_frame_of_reference | frame_of_reference | "
+                                    "intensity_range | not_dicom | "
                                     "truncated | missing_handler | mixed_patients | "
                                     "slice_positions | unsafe_path | not_a_file"),
                Col("detail", "str", "human-readable explanation"),

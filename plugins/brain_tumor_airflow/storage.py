@@ -7,6 +7,11 @@ provider's ``AwsBaseHook``; what the connection leaves out stays as the settings
 connection without keys (no login, role or profile) sets only the endpoint and region: boto3's
 default credential chain signs. The secret then lives only in the connection (an
 ``AIRFLOW_CONN_*`` variable or a secrets backend), and the hook masks it in task logs.
+
+Likewise ``BRAIN_TUMOR_DICOMWEB_CONN_ID`` names an ``http`` connection to the PACS: its URL (the
+connection's URI ``http://user:password@pacs:8042/dicom-web``, where the path is the schema; or
+host, port, schema ``http``/``https`` and extra ``path``) and its login and password replace
+``dicomweb_url``, ``dicomweb_username`` and ``dicomweb_password`` (``dicomweb_settings``).
 """
 
 from __future__ import annotations
@@ -58,8 +63,65 @@ def connection_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
+class DicomwebConnectionError(LookupError):
+    """The connection named by BRAIN_TUMOR_DICOMWEB_CONN_ID is missing or gives no host."""
+
+
+def dicomweb_url(conn_type: str | None, host: str | None, port: int | None,
+                 schema: str | None, path: str | None) -> str:
+    """The DICOMweb root an http connection's parts describe.
+
+    ``schema`` is the scheme when it is ``http`` or ``https`` (the http connection's use of it),
+    else the path (a connection given as a URI keeps its path there); ``path`` (extra) adds to
+    it. A host given with its scheme (``https://pacs``) is taken as the start of the URL.
+    """
+    if not host:
+        raise DicomwebConnectionError("the DICOMweb connection gives no host")
+    schema = schema or ""
+    if schema.lower() in ("http", "https"):
+        scheme, parts = schema.lower(), [(path or "").strip("/")]
+    else:
+        scheme = conn_type if conn_type in ("http", "https") else "http"
+        parts = [schema.strip("/"), (path or "").strip("/")]
+    base = host.rstrip("/") if "://" in host else f"{scheme}://{host}"
+    if port and "://" not in host:
+        base += f":{port}"
+    return "/".join([base, *[p for p in parts if p]])
+
+
+def dicomweb_settings(settings: Settings) -> Settings:
+    """The settings with the PACS URL and credentials of connection ``dicomweb_conn_id``.
+
+    Unchanged when ``dicomweb_conn_id`` is unset.
+    """
+    conn_id = settings.dicomweb_conn_id
+    if not conn_id:
+        return settings
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise DicomwebConnectionError(
+            f"BRAIN_TUMOR_DICOMWEB_CONN_ID names the Airflow connection {conn_id!r}, which does "
+            f"not exist: define AIRFLOW_CONN_{conn_id.upper()} or add it to the secrets "
+            f"backend") from None
+    try:
+        url = dicomweb_url(conn.conn_type, conn.host, conn.port, conn.schema,
+                           conn.extra_dejson.get("path"))
+    except DicomwebConnectionError as exc:
+        raise DicomwebConnectionError(f"Airflow connection {conn_id!r}: {exc}") from None
+    update: dict[str, object] = {"dicomweb_url": url}
+    if conn.login:
+        update["dicomweb_username"] = conn.login
+        update["dicomweb_password"] = SecretStr(conn.password or "")
+    return settings.model_copy(update=update)
+
+
 def task_settings() -> Settings:
-    """The settings of an Airflow task: loaded from the environment, then the S3 connection."""
+    """The settings of an Airflow task: loaded from the environment, then the S3 and PACS
+    connections."""
     from brain_tumor.settings import load_settings
 
-    return connection_settings(load_settings())
+    return dicomweb_settings(connection_settings(load_settings()))

@@ -4,7 +4,7 @@ Two dataset versions (the second with a quarantined file), the session's tiny mo
 three model versions, real evaluations and gate results, registry events of every kind (promoted,
 promoted, rolled back, rejected: the champion ends as the first model and the newest event is a
 rejection), and two scoring batches through the same steps the scoring DAG runs (the second with
-a quarantined study).
+a DICOM study, which gets a DICOM SEG, and a quarantined study).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from typing import Any
 from support import copy_model
 
 from brain_tumor import steps
-from brain_tumor.devtools.synth import SynthSpec, make_export
+from brain_tumor.devtools.synth import SynthSpec, make_export, make_studies
+from brain_tumor.devtools.synth_dicom import DicomSpec, write_study
 from brain_tumor.ingest.exports import upload_export
+from brain_tumor.scoring.clinical.dicom_submit import upload_dicom_study
 from brain_tumor.scoring.readers import upload_study
 from brain_tumor.settings import Settings
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.modelstore import ModelStore
 from brain_tumor.store.registry import Registry
+from brain_tumor.store.scores import ScoreStore
 from brain_tumor.store.storage import ObjectStore
 
 #: the trained fixture's export spec: the same export here gives the same dataset version id
@@ -33,6 +36,9 @@ RELAXED = {"gate_min_sensitivity": 0.0, "gate_min_roc_auc": 0.0, "gate_min_dice"
            "gate_tolerance": 1.0}
 STRICT = {"gate_min_sensitivity": 0.999, "gate_min_roc_auc": 0.999, "gate_min_dice": 0.999}
 SECRET_MARKER = b"NOT-FOR-THE-BROWSER"
+#: a study the session's tiny model finds tumor in (tests/integration/scoring/test_clinical_outputs)
+DICOM_STUDY = SynthSpec(patients=1, slices=6, size=32, seed=5, tumor_free_patients=0,
+                        tumor_fraction=0.5)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Filled:
     events: list[dict[str, Any]] = field(default_factory=list)
     batches: list[dict[str, Any]] = field(default_factory=list)
     studies: list[str] = field(default_factory=list)  # scored
+    dicom_study: str = ""  # scored, with a DICOM SEG
     bad_study: str = ""
     secret_keys: list[str] = field(default_factory=list)
 
@@ -118,12 +125,18 @@ def fill(settings: Settings, trained: tuple[Settings, dict[str, Any]], work: Pat
     out.studies = [upload_study(IncomingStore(store, settings), patients[0], "study-a")[0]]
     out.batches.append(_batch(settings, "scheduled__2026-11-23T10:00:00+00:00"))
     out.studies.append(upload_study(IncomingStore(store, settings), patients[1], "study-b")[0])
+    [tumor] = make_studies(work / "dicom-source", DICOM_STUDY)
+    spec = DicomSpec(uid_seed="ops-dicom-study", pixel_spacing=(0.8, 0.8))
+    out.dicom_study = upload_dicom_study(IncomingStore(store, settings),
+                                         write_study(tumor, work / "dicom", spec))[0]
     bad = work / "study-bad"
     bad.mkdir()
     (bad / "bad_1.tif").write_bytes(b"this is not a TIFF")
     out.bad_study = upload_study(IncomingStore(store, settings), bad, "study-bad")[0]
     out.batches.append(_batch(settings, "scheduled__2026-11-23T10:10:00+00:00"))
     assert out.batches[-1]["studies_quarantined"] == 1
+    summary = ScoreStore(store, settings).summary(m1, out.dicom_study)
+    assert summary["dicom_seg"] == "seg.dcm", "the tiny model found no tumor: the SEG needs one"
 
     # objects outside every prefix the pages may read: path traversal must never reach them
     for key in ("secret.png", "private/overview.png", "private/model_card.md"):

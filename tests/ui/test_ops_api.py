@@ -4,15 +4,18 @@ no way out of the project's prefixes."""
 from __future__ import annotations
 
 import http.client
+import io
 import re
 import time
 from urllib.parse import quote, urlsplit
 
 import jwt
+import pydicom
 import pytest
 import requests
 from conftest import ACCESS_KEY, OUTPUT, SECRET_KEY
 from ops_fill import SECRET_MARKER
+from pydicom.uid import SegmentationStorage
 
 from brain_tumor.store.modelstore import ModelStore
 from brain_tumor.store.scores import ScoreStore
@@ -309,3 +312,24 @@ def test_plugin_is_registered_in_the_navigation(ops_server) -> None:
     assert plugin["fastapi_apps"][0]["url_prefix"] == "/brain-tumor"
     errors = ops_server.api("GET", "plugins/importErrors").json()
     assert errors["total_entries"] == 0, errors
+
+
+def test_scoring_page_links_the_seg_of_a_dicom_study_and_serves_it(ops_server, token,
+                                                                    filled) -> None:
+    m1, sid = filled.champion, filled.dicom_study
+    html = get(ops_server, "/brain-tumor/scoring", token).text
+    table = html[html.index('id="studies"'):]
+    link = f"/brain-tumor/files/scores/{m1}/{sid}/clinical/dicom_seg"
+    assert f'href="{link}"' in table
+    resp = get(ops_server, link, token)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/dicom"
+    store = ObjectStore.from_settings(filled.settings)
+    assert resp.content == ScoreStore(store, filled.settings).get_output(m1, sid, "seg.dcm")
+    seg = pydicom.dcmread(io.BytesIO(resp.content))
+    assert seg.SOPClassUID == SegmentationStorage and seg.Modality == "SEG"
+    study_html = get(ops_server, f"/brain-tumor/scoring/{m1}/{sid}", token).text
+    assert f'href="{link}"' in study_html[study_html.index('id="clinical"'):]
+    for missing in (f"/brain-tumor/files/scores/{m1}/{sid}/clinical/nifti_mask",
+                    f"/brain-tumor/files/scores/{m1}/{filled.studies[0]}/clinical/dicom_seg",
+                    f"/brain-tumor/files/scores/{m1}/{sid}/clinical/summary"):
+        assert get(ops_server, missing, token).status_code == 404, missing

@@ -31,7 +31,8 @@ and the study is rejected (``frame_of_reference``).
 **Missing sequences.** A missing T1 or post-contrast T1 is filled with the FLAIR, as the
 ``kaggle_3m`` data did for patients missing a sequence; the study's summary then says
 ``reduced_sequences: true`` and which channel was filled. No FLAIR rejects the study
-(``no_flair``).
+(``no_flair``), and so does a DICOM FLAIR series without a Frame of Reference UID
+(``no_frame_of_reference``): its tumor mask could not be written as a segmentation of it.
 
 **Intensities.** Each channel volume is then mapped the way the training slices were made
 (``brain_tumor.scoring.clinical.intensity``) and the three are stacked per slice in the model's
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from brain_tumor.scoring.clinical.intensity import map_volume
+from brain_tumor.scoring.clinical.masks_out import acquired_grid_meta
 from brain_tumor.scoring.clinical.volume import Volume
 from brain_tumor.scoring.contracts import Study, StudyRejected
 from brain_tumor.settings import Settings
@@ -248,9 +250,15 @@ def assemble_study(study_id: str, volumes: list[Volume], rules: SeriesRules,
                    source_format: str | None = None) -> Study:
     """The study's slices in the model's channel order, from its sequence volumes.
 
-    StudyRejected: ``no_flair`` (no volume matches the FLAIR keywords), ``frame_of_reference``
-    (a T1 volume that cannot be brought onto the FLAIR grid), ``intensity_range`` (a volume
-    the intensity rule cannot map).
+    ``meta`` holds the grid facts (``grid_meta``), the FLAIR's acquired grid before any
+    reformat (``acquired_affine``, ``acquired_shape``) and, for DICOM, its instances' headers
+    (``flair_headers``, identifying: never logged or written but into a DICOM SEG); ``meta`` is
+    never written out as a whole.
+
+    StudyRejected: ``no_flair`` (no volume matches the FLAIR keywords),
+    ``no_frame_of_reference`` (a DICOM FLAIR series without a Frame of Reference UID),
+    ``frame_of_reference`` (a T1 volume that cannot be brought onto the FLAIR grid),
+    ``intensity_range`` (a volume the intensity rule cannot map).
     """
     fmt = source_format or (str(volumes[0].meta.get("format", "clinical")) if volumes
                             else "clinical")
@@ -261,6 +269,14 @@ def assemble_study(study_id: str, volumes: list[Volume], rules: SeriesRules,
         raise StudyRejected("no_flair", (
             f"no series matches the FLAIR keywords {list(rules.flair)}; {len(volumes)} image "
             f"series found: {found}"))
+    if fmt == "dicom" and not flair.frame_of_reference:
+        number = flair.meta.get("series_number")
+        raise StudyRejected("no_frame_of_reference", (
+            f"the FLAIR series {'#' + str(number) + ' ' if number is not None else ''}"
+            f"{flair.description!r} has no Frame of Reference UID: a segmentation of it could "
+            f"not be placed in the patient's space"))
+    acquired = {**acquired_grid_meta(flair.affine, flair.voxels.shape),
+                "flair_headers": flair.meta.get("headers")}
     flair = square_pixels(to_axial(flair))
     on_grid: dict[str, np.ndarray] = {"flair": flair.voxels}
     for channel in ("t1_pre", "t1_post"):
@@ -287,7 +303,7 @@ def assemble_study(study_id: str, volumes: list[Volume], rules: SeriesRules,
     meta = {"format": fmt, **grid_meta(flair),
             "transform": transform.to_dict(),  # type: ignore[union-attr]
             "series": {c: picked[c].description if picked[c] is not None else None
-                       for c in CHANNELS}}
+                       for c in CHANNELS}, **acquired}
     summary = {"format": fmt, "reduced_sequences": bool(filled), "filled_channels": filled,
                "spacing_mm": [between, row, col], "voxel_volume_ml": voxel_ml}
     if filled:

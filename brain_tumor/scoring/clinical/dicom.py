@@ -27,8 +27,11 @@ in all; each slice at most ``slice_pixels`` pixels and each series at most ``stu
 slices (by the headers, before any pixel data is decoded); the image series together at most
 ``SEQUENCES`` x ``study_pixels`` pixels.
 
-Nothing identifying (patient name, ID, birth date, accession number, institution, physicians) is
-read into a ``Volume``, logged or put into a message.
+Each volume's ``meta["headers"]`` holds its instances' headers in slice order, without pixel data:
+the patient and study modules a DICOM Segmentation of the series copies
+(``brain_tumor.scoring.clinical.masks_out``). Nothing identifying (patient name, ID, birth date,
+accession number, institution, physicians) is read into any other part of a ``Volume``, logged or
+put into a message.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ NON_IMAGE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
     "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy
 })
+#: pixel data elements a kept header leaves out: Float, Double Float and (integer) Pixel Data
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 #: SOP classes of images: one without pixel data was cut short
 IMAGE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.4",  # MR Image
@@ -427,8 +432,17 @@ def _description(ds: Dataset) -> str:
     return str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "") or "").strip()
 
 
+def _header(ds: Dataset) -> Dataset:
+    """A copy of an instance's header without its pixel data, every value read from the file."""
+    header = Dataset()
+    for tag in ds.keys():
+        if tag not in PIXEL_TAGS:
+            header.add(ds[tag])
+    return header
+
+
 def _volume(uid: str, stack: _Stack, ignored: list[str]) -> Volume:
-    """The Volume of a sorted stack: its pixels decoded and rescaled."""
+    """The Volume of a sorted stack: its pixels decoded and rescaled, its headers kept."""
     first = stack.instances[0].ds
     voxels = np.stack([_decode(i) for i in stack.instances])
     syntax = first.file_meta.get("TransferSyntaxUID") if hasattr(first, "file_meta") else None
@@ -441,7 +455,8 @@ def _volume(uid: str, stack: _Stack, ignored: list[str]) -> Volume:
         meta={"format": "dicom", "series_number": _series_number(first),
               "modality": str(first.get("Modality", "")),
               "transfer_syntax": getattr(syntax, "name", str(syntax or "")),
-              "ignored": list(ignored)})
+              "ignored": list(ignored),
+              "headers": [_header(i.ds) for i in stack.instances]})
 
 
 def read_instances(files: list[tuple[str, Path]], limits: StudyLimits) -> list[Volume]:

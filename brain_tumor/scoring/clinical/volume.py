@@ -28,7 +28,8 @@ class Volume:
     series_uid: str | None = None  # Series Instance UID (DICOM) or None
     frame_of_reference: str | None = None  # Frame of Reference UID (DICOM) or None
     slice_thickness: float | None = None  # mm, as the header states (None when unknown)
-    meta: dict[str, object] = field(default_factory=dict)  # format-specific, never identifying
+    # format-specific; only a DICOM volume's "headers" identify the patient (for its SEG)
+    meta: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.voxels.ndim != 3 or min(self.voxels.shape) < 1:

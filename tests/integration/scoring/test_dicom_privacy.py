@@ -4,6 +4,7 @@ scores it and listed: none of those values appears in any output object, the tas
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import uuid
@@ -98,7 +99,14 @@ def test_identifying_values_never_leave_the_study(env, tmp_path: Path, caplog, c
     assert incoming and all(k.split("/")[1] in sids for k in incoming)
     raw = store.get(next(k for k in incoming if k.endswith(".dcm"))).decode("latin-1")
     assert IDENTITY.patient_id in raw and IDENTITY.name in raw  # the scan finds what is there
-    places = {key: stored_text(store, key) for key in outputs}
+    # a DICOM SEG belongs in the patient's record: it carries the patient and study modules the
+    # standard requires, copied from the FLAIR instances, and nothing else identifying
+    segs = [k for k in outputs if k.endswith("/seg.dcm")]
+    for key in segs:
+        seg = pydicom.dcmread(io.BytesIO(store.get(key)))
+        assert seg.PatientID == IDENTITY.patient_id and "InstitutionName" not in seg
+        assert IDENTITY.institution.lower() not in store.get(key).decode("latin-1").lower()
+    places = {key: stored_text(store, key) for key in outputs if key not in segs}
     places["keys"] = "\n".join(outputs + incoming)
     places["xcom"] = json.dumps([plan, chunk, summary], default=str)
     places["logs"] = "\n".join(r.getMessage() for r in caplog.records)
