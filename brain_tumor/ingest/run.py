@@ -28,6 +28,7 @@ from brain_tumor.ingest.exports import (
     BadExport,
     ExportError,
     ExportFiles,
+    check_export_id,
     export_fingerprint,
     open_export,
 )
@@ -51,6 +52,7 @@ from brain_tumor.store.datasets import (
     utc_now,
     version_id,
 )
+from brain_tumor.store.leases import LeaseHeld, held
 from brain_tumor.store.schemas import SCHEMAS
 from brain_tumor.store.storage import ObjectStore, PreconditionFailed
 
@@ -80,6 +82,10 @@ class TooManyRejects(IngestError):
 class ExportRejected(IngestError):
     """The export is recorded as rejected in the ledger; ``brain-tumor exports retry`` clears
     that."""
+
+
+class IngestBusy(IngestError):
+    """Another ingest of the same export holds its lease; this one wrote nothing."""
 
 
 @dataclass
@@ -450,13 +456,35 @@ def _move_head(datasets: DatasetStore, version: str, head: Head, export_id: str)
                           f"ingest of {export_id} again") from exc
 
 
+def lease_key(settings: Settings, export_id: str) -> str:
+    """Key of the lease an ingest of the export holds while it runs."""
+    return settings.key("ledger", "leases", f"{export_id}.json")
+
+
 def ingest_export(store: ObjectStore, settings: Settings, export_id: str,
                   progress: bool = False) -> IngestResult:
     """Ingest one export into a new dataset version (idempotent: a re-run changes nothing).
 
+    Holds the export's lease (``ledger/leases/<export_id>.json``) while it runs: IngestBusy,
+    before anything else is read or written, when another ingest of it holds the lease.
     Raises BadExport / TooManyRejects for an export that cannot be taken in, ExportRejected for
     one the ledger says is rejected; writes nothing then (``ingest_exports`` records them).
     """
+    key = lease_key(settings, check_export_id(export_id))
+    try:
+        with held(store, key, f"the ingest of export {export_id}",
+                  settings.ingest_lease_minutes):
+            return _ingest_leased(store, settings, export_id, progress)
+    except LeaseHeld as exc:
+        raise IngestBusy(f"export {export_id} is being ingested by another process: {exc}; this "
+                         f"ingest stops and writes nothing. Run it again once that one ends "
+                         f"(a lease whose process was killed is taken over when it expires, or "
+                         f"at once on the same host)") from None
+
+
+def _ingest_leased(store: ObjectStore, settings: Settings, export_id: str,
+                   progress: bool) -> IngestResult:
+    """ingest_export's work, run while holding the export's lease."""
     datasets = DatasetStore(store, settings)
     entry = datasets.entry(export_id)
     if entry is not None and entry["status"] == REJECTED:

@@ -2,12 +2,15 @@
 
 Each child runs the CLI's ``main`` against the session's S3 server. To make the race certain,
 both wait at a barrier (a folder both write their pid into) just before their first S3 write,
-so both have read the same state (ledger, HEAD, event log) before either writes.
+so both have read the same state (ledger, HEAD, event log) before either writes. Each child
+also notes the keys it reads and writes (``RACE_LOG/<pid>``: ``get KEY`` / ``put KEY``, writes
+that succeeded only).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,6 +22,7 @@ from support import copy_model
 
 from brain_tumor.devtools.synth import SynthSpec, make_export, make_studies
 from brain_tumor.ingest.exports import upload_export
+from brain_tumor.ingest.run import lease_key
 from brain_tumor.scoring.readers import upload_study
 from brain_tumor.settings import Settings, settings_to_env
 from brain_tumor.store.datasets import DatasetStore
@@ -35,18 +39,32 @@ import os, sys, time
 from brain_tumor.store import storage
 
 BARRIER, PARTIES = os.environ["RACE_BARRIER"], int(os.environ["RACE_PARTIES"])
-real_put, state = storage.ObjectStore.put, {"waited": False}
+LOG = os.environ["RACE_LOG"]
+real_put, real_get = storage.ObjectStore.put, storage.ObjectStore.get_with_etag
+state = {"waited": False}
 
-def put(self, *args, **kwargs):
+def note(action, key):
+    with open(os.path.join(LOG, str(os.getpid())), "a") as fh:
+        fh.write(f"{action} {key}\n")
+
+def put(self, key, *args, **kwargs):
     if not state["waited"]:
         state["waited"] = True
         open(os.path.join(BARRIER, str(os.getpid())), "w").close()
         deadline = time.monotonic() + 60
         while len(os.listdir(BARRIER)) < PARTIES and time.monotonic() < deadline:
             time.sleep(0.01)
-    return real_put(self, *args, **kwargs)
+    etag = real_put(self, key, *args, **kwargs)
+    note("put", key)
+    return etag
+
+def get_with_etag(self, key):
+    found = real_get(self, key)
+    note("get", key)
+    return found
 
 storage.ObjectStore.put = put
+storage.ObjectStore.get_with_etag = get_with_etag
 from brain_tumor.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -56,8 +74,9 @@ def race(settings: Settings, barrier: Path,
          *commands: list[str]) -> list[subprocess.CompletedProcess]:
     """Start one child per command at once; their results, in the order given."""
     barrier.mkdir()
+    (barrier.parent / "race-log").mkdir()
     env = {**os.environ, **settings_to_env(settings), "RACE_BARRIER": str(barrier),
-           "RACE_PARTIES": str(len(commands))}
+           "RACE_PARTIES": str(len(commands)), "RACE_LOG": str(barrier.parent / "race-log")}
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, *c], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
     results = []
@@ -76,26 +95,38 @@ def bucket(make_settings: Callable[..., Settings]) -> tuple[Settings, ObjectStor
 
 
 def test_two_ingests_of_one_export(bucket, tmp_path: Path) -> None:
-    """Both exit 0 with one dataset version and one ledger entry; the later one says it met
-    another ingest instead of failing on a precondition."""
+    """One ingest takes the export's lease and does the work; the other finds the lease before
+    reading the export, names its holder and exits 1 having written nothing."""
     settings, store = bucket
     make_export(tmp_path / "e1", SynthSpec(patients=2, slices=3, size=32, tumor_free_patients=0))
     upload_export(store, settings, tmp_path / "e1", "e1")
+    lease = lease_key(settings, "e1")
     results = race(settings, tmp_path / "barrier", ["ingest", "e1"], ["ingest", "e1"])
-    for r in results:
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "precondition failed" not in r.stderr
+    codes = [r.returncode for r in results]
+    assert sorted(codes) == [0, 1], [(r.returncode, r.stderr[-3000:]) for r in results]
+    winner, loser = results[codes.index(0)], results[codes.index(1)]
+    assert "is being ingested by another process" in loser.stderr, loser.stderr[-3000:]
+    assert "this ingest stops and writes nothing" in loser.stderr
+    holder = re.search(r"held by pid (\d+) on host '[^']+' since \S+, until (\S+) \(lease ",
+                       loser.stderr)
+    assert holder, loser.stderr[-3000:]
+    logs = {p.name: p.read_text().splitlines() for p in (tmp_path / "race-log").iterdir()}
+    assert holder.group(1) in logs and len(logs) == 2  # the message names the winner's pid
+    (loser_log,) = [lines for pid, lines in logs.items() if pid != holder.group(1)]
+    assert loser_log == [f"get {lease}"]  # it read the lease and nothing else, wrote nothing
+    winner_log = logs[holder.group(1)]
+    assert winner_log[0] == f"put {lease}" and any(
+        line.startswith(f"get {settings.key('exports')}") for line in winner_log)
     datasets = DatasetStore(store, settings)
     version = datasets.head().version
-    assert version is not None and datasets.exists(version)
+    assert version is not None and datasets.exists(version) and version in winner.stdout
     assert datasets.record(version)["exports"] == ["e1"]
     assert list(datasets.entries()) == ["e1"]
     assert datasets.entry("e1")["status"] == "ingested"
     assert datasets.entry("e1")["dataset_version"] == version
     assert [o.key for o in store.list(settings.key("datasets"))
             if o.key.endswith("/dataset.json")] == [datasets.key(version, "dataset.json")]
-    assert any("another ingest" in r.stderr for r in results), [r.stderr for r in results]
-    assert all(version in r.stdout for r in results), [r.stdout for r in results]
+    assert not store.exists(lease)  # released by the winner
 
 
 def _model(store: ObjectStore, settings: Settings, version: str) -> None:
