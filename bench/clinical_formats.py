@@ -20,7 +20,8 @@ converted series goes through the rule a second time. Two comparisons keep the t
 slices: what the readers must reproduce exactly), and ``tiff_mapped`` against ``tiff`` (what a
 second pass of the rule does to data it already mapped: not a property of scanner series, but
 what a converted archive would go through). Reported per path: per-patient Dice against the true
-masks (mean, 95% bootstrap interval over patients, median), slice ROC-AUC, and the differences
+masks (mean, 95% bootstrap interval over patients, median), slice ROC-AUC, how many studies the
+model version's out-of-distribution check flags (as scoring would), and the differences
 from its baseline (slices whose label differs, largest and mean probability difference, patients
 whose Dice moved by more than 0.01); patients a path rejects are listed with the reason.
 
@@ -79,19 +80,27 @@ def auc(truth: np.ndarray, prob: np.ndarray) -> float | None:
 
 
 class Scorer:
-    """The model version's engine and post-processing, as ``batch_score`` runs them."""
+    """The model version's engine, post-processing and out-of-distribution check, as
+    ``batch_score`` runs them."""
 
     def __init__(self, store, settings, model_version: str) -> None:
+        from brain_tumor.ml.ood_reference import load_reference
         from brain_tumor.scoring.engines import load_engine
         from brain_tumor.scoring.postprocess import post_processor
 
         self.engine = load_engine(store, settings, model_version)
         self.post = post_processor(self.engine.record, settings)
+        self.reference = load_reference(store, settings, self.engine.record)
 
     def __call__(self, study):
-        """(probabilities, labels, masks) of a study."""
-        pred = self.post(self.engine.predict(study.images), study, self.engine.threshold)
-        return np.asarray(pred.prob, float), np.asarray(pred.label, int), pred.masks
+        """(probabilities, labels, masks, flagged out of distribution or None) of a study."""
+        from brain_tumor.scoring.study import ood_check
+
+        raw = self.engine.predict(study.images)
+        pred = self.post(raw, study, self.engine.threshold)
+        checked, _ = ood_check(self.reference, study, raw, int(self.engine.record["image_size"]))
+        flagged = None if checked is None else bool(checked.flagged)
+        return np.asarray(pred.prob, float), np.asarray(pred.label, int), pred.masks, flagged
 
 
 def format_studies(folder: Path, work: Path, pid: str, limits, rules) -> dict:
@@ -153,7 +162,8 @@ def format_figures(rows: list[dict], test_ids: set[str]) -> dict:
             prob = np.concatenate([r[fmt]["prob"] for r in sel])
             fig = {"patients": len(sel), "dice_mean": round(float(np.mean(dice)), 4),
                    "dice_ci95": ci_mean(dice), "dice_median": round(float(np.median(dice)), 4),
-                   "slice_auc": auc(truth, prob)}
+                   "slice_auc": auc(truth, prob),
+                   "flagged_out_of_distribution": sum(bool(r[fmt]["ood"]) for r in sel)}
             base = BASELINE.get(fmt)
             if base is not None:
                 delta = np.abs(prob - np.concatenate([r[base]["prob"] for r in sel]))
@@ -192,7 +202,7 @@ def reduced_figures(scorer: Scorer, root: Path, val_ids: list[str]) -> dict:
                 for c in channels:
                     img[..., c] = img[..., 1]
             study = Study(pid, filled, list(range(1, len(filled) + 1)), [pid] * len(filled))
-            prob, label, pred_masks = scorer(study)
+            prob, label, pred_masks, _ = scorer(study)
             acc = per[variant]
             acc["pid"] += [pid] * len(filled)
             acc["truth"] += [bool(m.any()) for m in masks]
@@ -257,8 +267,8 @@ def run(args: argparse.Namespace) -> dict:
                     if len(study.images) != len(masks):
                         raise SystemExit(f"{pid} {fmt}: {len(study.images)} slices read, "
                                          f"{len(masks)} masks")
-                    prob, label, pred_masks = scorer(study)
-                    row[fmt] = {"prob": prob, "label": label,
+                    prob, label, pred_masks, flagged = scorer(study)
+                    row[fmt] = {"prob": prob, "label": label, "ood": flagged,
                                 "dice": per_patient_dice([pid] * len(masks), masks,
                                                          pred_masks)[pid]}
                 rows.append(row)
