@@ -18,6 +18,8 @@ A study that cannot be read is rejected (``StudyRejected``) with one of these re
   compared, never shown);
 * ``slice_positions``: a series with slices missing their position or orientation, two slices
   at one position, or uneven spacing between slices;
+* ``no_flair``: no image series left once the unusable ones are ignored (the detail lists why
+  each was ignored, e.g. no valid Pixel Spacing);
 * ``too_many_slices`` / ``too_large`` / ``unsafe_path`` / ``bad_name`` / ``not_a_file``: over the
   study's limits, or a zip member that may not be extracted.
 
@@ -490,6 +492,9 @@ def read_instances(files: list[tuple[str, Path]], limits: StudyLimits) -> list[V
     if listing:
         log.info("DICOM study: ignoring %d object(s) or series: %s", len(ignored),
                  "; ".join(listing))
+    if not stacks:
+        raise _reject("no_flair", "no usable image series, so no FLAIR; "
+                                  + ("; ".join(listing) if listing else "no image objects"))
     _check_pixels(stacks, limits)
     order = sorted(stacks, key=lambda u: (_series_number(stacks[u].instances[0].ds) or 0, u))
     volumes = [_volume(uid, stacks[uid], listing) for uid in order]

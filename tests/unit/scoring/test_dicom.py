@@ -222,6 +222,14 @@ def test_uneven_spacing(study: Path) -> None:
     assert "AX T1 PRE" in err.detail
 
 
+def test_no_usable_series_says_why_each_was_ignored(study: Path) -> None:
+    for path in files(study):
+        edit(path, lambda ds: setattr(ds, "PixelSpacing", [0, 0]))
+    err = rejected(files(study))
+    assert err.reason == "no_flair" and "no usable image series" in err.detail
+    assert "AX FLAIR" in err.detail and "no valid Pixel Spacing" in err.detail
+
+
 def test_limits(study: Path) -> None:
     small_files = StudyLimits(file_bytes=1000, slice_pixels=LIMITS.slice_pixels,
                               study_slices=64, study_pixels=LIMITS.study_pixels)
