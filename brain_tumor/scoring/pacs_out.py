@@ -15,14 +15,12 @@ import logging
 from datetime import UTC, datetime
 
 from brain_tumor.scoring.contracts import Study, StudyPrediction
+from brain_tumor.scoring.writers import DICOM_SEG
 from brain_tumor.settings import Settings
 from brain_tumor.store.pacs import Pacs
 from brain_tumor.store.scores import ScoreStore
 
 log = logging.getLogger(__name__)
-
-#: the file name the SEG writer gives the study's DICOM SEG
-SEG_NAME = "seg.dcm"
 
 
 class PacsSegSender:
@@ -41,9 +39,9 @@ class PacsSegSender:
     def write(self, scores: ScoreStore, model_version: str, study: Study,
               pred: StudyPrediction) -> list[str]:
         """Send the study's SEG when the SEG writer wrote one; writes nothing in the store."""
-        if pred.summary.get("dicom_seg") != SEG_NAME:
+        if pred.summary.get("dicom_seg") != DICOM_SEG:
             return []
-        data = scores.store.get(scores.output_key(model_version, study.study_id, SEG_NAME))
+        data = scores.store.get(scores.output_key(model_version, study.study_id, DICOM_SEG))
         self._client().send(data)
         pred.summary["pacs_sent"] = datetime.now(UTC).isoformat(timespec="seconds")
         log.info("study %s: DICOM SEG (%d bytes) stored in the PACS", study.study_id, len(data))

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 #: headline metrics shown per model version (the catalog's ``on_page`` entries)
 HEADLINE = catalog.ON_PAGE
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png")  # matched whole (fullmatch)
+_OUTPUT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # an output's name, no folder
 RECENT_BATCHES = 50
 RECENT_STUDIES = 100
-#: a scored study's clinical outputs (summary.json field -> file name, media type)
-CLINICAL_FILES = {"dicom_seg": ("seg.dcm", "application/dicom"),
-                  "nifti_mask": ("mask.nii.gz", "application/gzip")}
+#: a scored study's clinical outputs: summary.json field (naming the file) -> media type
+CLINICAL_FILES = {"dicom_seg": "application/dicom", "nifti_mask": "application/gzip"}
 
 
 class NotFound(LookupError):
@@ -213,12 +213,12 @@ class OpsData:
         self._known_model(version), check_study_id(study_id)
         if field not in CLINICAL_FILES:
             raise NotFound(f"not a clinical output: {field!r:.80}")
-        name, media = CLINICAL_FILES[field]
         summary = self.scores.result(version, study_id)
-        if summary is None or summary.get(field) != name:
-            raise NotFound(f"study {study_id} has no {name} from model version {version}")
+        name = None if summary is None else summary.get(field)
+        if not isinstance(name, str) or not _OUTPUT_RE.fullmatch(name):
+            raise NotFound(f"study {study_id} has no {field} from model version {version}")
         try:
-            return self.scores.get_output(version, study_id, name), name, media
+            return self.scores.get_output(version, study_id, name), name, CLINICAL_FILES[field]
         except KeyNotFound as exc:
             raise NotFound(f"no {name} of study {study_id}") from exc
 
