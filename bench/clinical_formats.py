@@ -36,15 +36,13 @@ Nothing here chooses anything; the figures describe the model version as it is.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from quality import PROFILES, _server, _settings, machine
+from quality import PROFILES, _server, _settings, emit, machine, start_logging
 from scoring import _unpack
 
 #: square pixels keep the reader on the TIFF grid (no in-plane resampling)
@@ -306,13 +304,8 @@ def main() -> int:
                         help="only the first N patient folders (a quick check)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    result = run(args)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    start_logging()
+    emit(run(args), args.json)
     return 0
 
 

@@ -21,16 +21,14 @@ same studies (a share of the model time alone, so an upper bound of its share en
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from quality import PROFILES, _server, _settings, machine
+from quality import PROFILES, _server, _settings, emit, machine, start_logging
 from scoring import _unpack
 
 
@@ -138,13 +136,8 @@ def main() -> int:
     parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    result = run(args)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    start_logging()
+    emit(run(args), args.json)
     return 0
 
 

@@ -14,12 +14,9 @@ sensitivity, specificity and false-positive slices per patient from each rule's 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 from pathlib import Path
 
-from quality import PROFILES, _server, _settings
+from quality import PROFILES, _server, _settings, emit, start_logging
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -51,12 +48,9 @@ def main() -> int:
                         help="also report the test patients' figures (once, beside validation)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    start_logging()
     result = run(args)
-    print(result["markdown"])
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    emit(result, args.json, show=result["markdown"])
     return 0
 
 

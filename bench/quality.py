@@ -82,6 +82,21 @@ def machine() -> dict:
             "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
+def start_logging() -> None:
+    """INFO logs with times on stderr; Keras on TensorFlow unless KERAS_BACKEND says otherwise."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def emit(result: dict, json_path: str | None, show: str | None = None) -> None:
+    """Print the figures (or ``show`` instead) and, given a path, write them there as JSON."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text if show is None else show)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text)
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process, GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -268,11 +283,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     fn = {"run": cmd_run, "export-cache": cmd_export_cache, "run-cache": cmd_run_cache}[args.cmd]
     result = fn(args)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if getattr(args, "json", None):
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+    emit(result, getattr(args, "json", None))
     return 0
 
 

@@ -36,7 +36,6 @@ up; ``peak_rss_gb`` its peak over the whole run (training included when it train
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tarfile
@@ -45,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from quality import PROFILES, _server, _settings, machine, peak_rss_gb
+from quality import PROFILES, _server, _settings, emit, machine, peak_rss_gb, start_logging
 
 SPEED_ONLY = {"epochs": 1, "seg_epochs": 1, "warmup_epochs": 0, "max_train_slices": 384,
               "early_stopping_patience": 1}
@@ -394,13 +393,8 @@ def main() -> int:
                         help="studies scored the naive way for the comparison")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    figures = run(args)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    start_logging()
+    emit(run(args), args.json)
     return 0
 
 

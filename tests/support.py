@@ -87,3 +87,17 @@ def write_tiff_study(folder: Path, images: list[np.ndarray], name: str = "REF") 
     for n, image in enumerate(images, start=1):
         (folder / f"{name}_{n}.tif").write_bytes(encode_tiff(np.asarray(image)))
     return folder
+
+
+def assert_frames_on_sources(seg: object, sources: list) -> None:
+    """Each frame of a DICOM SEG lies on the source instance it references: same position, and
+    the sources' orientation."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = by_uid[frame.DerivationImageSequence[0].SourceImageSequence[0]
+                        .ReferencedSOPInstanceUID]
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                                   source.ImagePositionPatient)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+                               sources[0].ImageOrientationPatient)

@@ -86,3 +86,14 @@ def test_prefixes_leave_room_for_ids():
     with pytest.raises(SettingsError, match="must be at most 512 bytes"):
         load_settings(env={"BRAIN_TUMOR_S3_ROOT": "x" * MAX_PREFIX_BYTES})
     assert load_settings(env={"BRAIN_TUMOR_S3_ROOT": "x" * (MAX_PREFIX_BYTES - 9)}).s3_root
+
+
+def test_scoring_from_a_pacs_needs_its_address():
+    with pytest.raises(SettingsError, match="dicomweb_url, or dicomweb_conn_id"):
+        load_settings(env={"BRAIN_TUMOR_SCORING_SOURCE": "dicomweb"})
+    by_url = load_settings(env={"BRAIN_TUMOR_SCORING_SOURCE": "dicomweb",
+                                "BRAIN_TUMOR_DICOMWEB_URL": "http://pacs:8042/dicom-web"})
+    assert by_url.dicomweb_url == "http://pacs:8042/dicom-web"
+    by_conn = load_settings(env={"BRAIN_TUMOR_SCORING_SOURCE": "dicomweb",
+                                 "BRAIN_TUMOR_DICOMWEB_CONN_ID": "pacs"})
+    assert by_conn.dicomweb_conn_id == "pacs"

@@ -11,7 +11,6 @@ The synthetic slices are 32 x 32 pixels; the reader resizes them to the model's 
 from __future__ import annotations
 
 import io
-import uuid
 from pathlib import Path
 
 import cv2
@@ -21,17 +20,16 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import SegmentationStorage
+from support import assert_frames_on_sources
 
 from brain_tumor.devtools.synth import SynthSpec, make_studies
 from brain_tumor.devtools.synth_dicom import DicomSpec, write_study
 from brain_tumor.devtools.synth_nifti import NiftiSpec, write_nifti_study
-from brain_tumor.ml.predict import LoadedModel, load_model_version
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.clinical.dicom_submit import upload_dicom_study
 from brain_tumor.scoring.contracts import StudyPrediction, StudyRejected
 from brain_tumor.scoring.readers import study_reader, upload_study
 from brain_tumor.scoring.writers import ClinicalMaskWriter
-from brain_tumor.settings import Settings
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.schemas import validate_record
 from brain_tumor.store.scores import ScoreStore
@@ -41,21 +39,6 @@ SLICES = 6
 SIZE = 32
 ZOOM = 256 // SIZE  # acquired pixel -> model-grid pixel
 FLAIR_SERIES = "3"  # synth_dicom's folder of the "AX FLAIR" series
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> LoadedModel:
-    settings, record = trained
-    return load_model_version(ObjectStore.from_settings(settings), settings,
-                              record["model_version"])
-
-
-@pytest.fixture
-def env(trained) -> tuple[Settings, ObjectStore]:
-    settings = trained[0].model_copy(update={"s3_bucket": f"t-{uuid.uuid4().hex[:16]}"})
-    store = ObjectStore.from_settings(settings)
-    store.ensure_bucket()
-    return settings, store
 
 
 def _tiff_study(tmp_path: Path) -> Path:
@@ -119,17 +102,9 @@ def test_a_dicom_study_gets_a_segmentation_of_its_flair(env, model, tmp_path: Pa
     assert referenced.SeriesInstanceUID == flair[0].SeriesInstanceUID
     assert [i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence] == uids
     # geometry: each frame lies on the FLAIR instance it references
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in flair}
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        source = by_uid[frame.DerivationImageSequence[0].SourceImageSequence[0]
-                        .ReferencedSOPInstanceUID]
-        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
-                                   source.ImagePositionPatient)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
-                               flair[0].ImageOrientationPatient)
-    np.testing.assert_allclose(shared.PixelMeasuresSequence[0].PixelSpacing,
-                               flair[0].PixelSpacing)
+    assert_frames_on_sources(seg, flair)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    np.testing.assert_allclose(measures.PixelSpacing, flair[0].PixelSpacing)
     assert (int(seg.Rows), int(seg.Columns)) == (SIZE, SIZE)
     # the mask: exactly the PNG masks, slice for slice (slice N is FLAIR instance N)
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,

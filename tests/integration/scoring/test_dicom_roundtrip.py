@@ -24,7 +24,6 @@ from support import write_tiff_study
 
 from brain_tumor.devtools.synth import SynthSpec, make_studies
 from brain_tumor.devtools.synth_dicom import DicomSpec, tiff_slices, write_study
-from brain_tumor.ml.predict import LoadedModel, load_model_version
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.clinical.dicom_submit import upload_dicom_study
 from brain_tumor.scoring.clinical.intensity import map_volume
@@ -35,13 +34,6 @@ from brain_tumor.store.storage import ObjectStore
 
 PROB_TOLERANCE = 1e-5
 SLICES = 8
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> LoadedModel:
-    settings, record = trained
-    return load_model_version(ObjectStore.from_settings(settings), settings,
-                              record["model_version"])
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "rle"])

@@ -9,7 +9,6 @@ agree: probabilities within ``TOLERANCE``, identical labels and mask areas.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from support import write_tiff_study
 
 from brain_tumor.devtools.synth import SynthSpec, make_studies
 from brain_tumor.devtools.synth_nifti import SCALE, NiftiSpec, tiff_volume, write_nifti_study
-from brain_tumor.ml.predict import LoadedModel, load_model_version
+from brain_tumor.ml.predict import LoadedModel
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.clinical.intensity import map_volume
 from brain_tumor.scoring.contracts import StudyRejected
@@ -32,21 +31,6 @@ from brain_tumor.store.storage import ObjectStore
 SPEC = NiftiSpec(pixel_spacing=(0.9, 0.9), spacing=3.3)
 VOXEL_ML = 0.9 * 0.9 * 3.3 / 1000
 TOLERANCE = 1e-5  # probability
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> LoadedModel:
-    settings, record = trained
-    return load_model_version(ObjectStore.from_settings(settings), settings,
-                              record["model_version"])
-
-
-@pytest.fixture
-def env(trained) -> tuple[Settings, ObjectStore]:
-    settings = trained[0].model_copy(update={"s3_bucket": f"t-{uuid.uuid4().hex[:16]}"})
-    store = ObjectStore.from_settings(settings)
-    store.ensure_bucket()
-    return settings, store
 
 
 def _tiff_study(tmp_path: Path) -> Path:

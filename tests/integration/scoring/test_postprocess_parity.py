@@ -12,23 +12,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from brain_tumor import steps
 from brain_tumor.ml.inputs import fetch_native_masks, load_arrays
-from brain_tumor.ml.predict import LoadedModel, load_model_version, predict_batch
+from brain_tumor.ml.predict import predict_batch
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.postprocess import WholeStudy, post_processor, postprocess_groups
 from brain_tumor.scoring.readers import upload_study
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.scores import ScoreStore
 from brain_tumor.store.storage import ObjectStore
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> LoadedModel:
-    settings, record = trained
-    return load_model_version(steps.open_store(settings), settings, record["model_version"])
 
 
 def test_the_trained_version_carries_its_tuned_post_processing(trained, model) -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from brain_tumor.devtools.synth import SynthSpec, make_export
-from brain_tumor.ml.predict import LoadedModel, load_model_version
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.overlay import FOOTER, contact_sheet, encode_png, overlay
 from brain_tumor.scoring.readers import upload_study
@@ -19,23 +18,6 @@ from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.schemas import validate_record, validate_table
 from brain_tumor.store.scores import ScoreStore
 from brain_tumor.store.storage import ObjectStore
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> LoadedModel:
-    """The session's model version, loaded once for this module."""
-    settings, record = trained
-    store = ObjectStore.from_settings(settings)
-    return load_model_version(store, settings, record["model_version"])
-
-
-@pytest.fixture
-def env(trained) -> tuple[Settings, ObjectStore]:
-    """Settings and store of a fresh bucket for studies and scores (model bucket: read-only)."""
-    settings = trained[0].model_copy(update={"s3_bucket": f"t-{uuid.uuid4().hex[:16]}"})
-    store = ObjectStore.from_settings(settings)
-    store.ensure_bucket()
-    return settings, store
 
 
 def _upload_study(store: ObjectStore, settings: Settings, tmp_path: Path, study_id: str,

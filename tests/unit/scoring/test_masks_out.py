@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import SegmentationStorage
+from support import assert_frames_on_sources
 
 from brain_tumor.devtools.synth import SynthSpec, make_studies
 from brain_tumor.devtools.synth_dicom import DicomSpec, tiff_slices, write_series
@@ -174,15 +175,7 @@ def test_the_segmentation_references_the_flair_instances(flair: Volume):
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=flair.sources,
                                                segment_numbers=[1])
     assert np.array_equal(pixels[..., 0].astype(bool), mask)
-    by_uid = {str(h.SOPInstanceUID): h for h in headers}
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        source = by_uid[frame.DerivationImageSequence[0].SourceImageSequence[0]
-                        .ReferencedSOPInstanceUID]
-        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
-                                   source.ImagePositionPatient)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
-                               headers[0].ImageOrientationPatient)
+    assert_frames_on_sources(seg, headers)
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmVersion == "mv-2024-01"
     assert RESEARCH_USE in algorithm.AlgorithmName
