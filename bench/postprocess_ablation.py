@@ -1,11 +1,16 @@
 """Post-processing ablation on one trained model version: each rule's figures, no retraining.
 
-  python bench/postprocess_ablation.py --model-version M [--home DIR] [--test] [--json OUT]
+  python bench/postprocess_ablation.py --model-version M [--home DIR] [--flip] [--test]
+                                       [--json OUT]
 
 Starts the quality benchmark's SeaweedFS server under --home (where `bench/quality.py run --home
 DIR` left its dataset and model versions), predicts the model version's validation patients
 once, and applies each rule (``brain_tumor.evaluation.tuning.ablation_rules``: the slice rule,
-the whole-study rule with and without its component and minimum-area steps, the tuned one).
+the whole-study rule with and without its component and minimum-area steps, the tuned one),
+and with --flip the rule re-tuned on outputs averaged with their mirror images (flip test-time
+augmentation). It also compares candidate slice scores for ranking slices (ROC-AUC): the
+classifier's probability, the segmenter's peak, their mean, and the larger of the two (the
+``tumor_score`` evaluation uses).
 Validation figures decide; with --test the test patients' figures are printed beside them, to be
 reported once, never to choose. Figures are per-patient Dice at the model's input size, and
 sensitivity, specificity and false-positive slices per patient from each rule's final labels.
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         settings = _settings(server, home, dict(PROFILES[args.profile]))
         return postprocess_ablation(steps.open_store(settings), settings, args.model_version,
-                                    include_test=args.test)
+                                    include_test=args.test, flip=args.flip)
     finally:
         server.stop()
 
@@ -44,6 +49,8 @@ def main() -> int:
                         help="server data and model cache (shared with bench/quality.py)")
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
                         help="the quality profile it was trained in")
+    parser.add_argument("--flip", action="store_true",
+                        help="add flip test-time augmentation (re-tuned on validation)")
     parser.add_argument("--test", action="store_true",
                         help="also report the test patients' figures (once, beside validation)")
     parser.add_argument("--json", help="also write the figures to this file")

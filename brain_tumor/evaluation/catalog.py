@@ -54,6 +54,8 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric("roc_auc", "slice", "roc_auc", True, "ROC-AUC (slice)", "ROC-AUC",
            interval=True, headline=True, on_page=True, no_regression=True),
+    Metric("roc_auc_classifier", "slice", "roc_auc_classifier", True,
+           "ROC-AUC (slice, classifier alone)", "classifier ROC-AUC"),
     Metric("pr_auc", "slice", "pr_auc", True, "PR-AUC (slice)", "PR-AUC"),
     Metric("sensitivity", "slice", "sensitivity", True, "Sensitivity (slice)", "sensitivity",
            interval=True, headline=True, on_page=True, no_regression=True),

@@ -38,6 +38,7 @@ class Predictions:
     pred_masks: list[np.ndarray] | np.ndarray  # N predicted masks at the SAME native size
     slice_index: np.ndarray | None = None
     label: np.ndarray | None = None  # N final labels of the post-processing (None: prob rule)
+    score: np.ndarray | None = None  # N tumor scores that rank slices (None: prob)
 
     def __post_init__(self) -> None:
         self.patient_ids = np.asarray([str(x) for x in np.asarray(self.patient_ids).ravel()])
@@ -56,6 +57,9 @@ class Predictions:
         if self.label is not None:
             self.label = np.asarray(self.label).ravel().astype(np.int64)
             sizes["label"] = self.label.size
+        if self.score is not None:
+            self.score = np.asarray(self.score, dtype=np.float64).ravel()
+            sizes["score"] = self.score.size
         bad = {k: v for k, v in sizes.items() if v != n}
         if bad:
             raise ValueError(f"{n} patient ids but lengths differ: {bad}")
@@ -70,6 +74,10 @@ class Predictions:
         if self.label is not None:
             return self.label != 0
         return self.prob >= threshold
+
+    def ranking_score(self) -> np.ndarray:
+        """What ranks slices for the ROC and PR curves: the tumor score, else the probability."""
+        return self.prob if self.score is None else self.score
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -94,7 +102,7 @@ def _intervals(
     n_boot: int,
     seed: int,
 ) -> dict[str, list[float] | None]:
-    y, p, ids = test.y_true, test.prob, test.patient_ids
+    y, p, ids = test.y_true, test.ranking_score(), test.patient_ids
     rows = detection["per_patient"]
     pids = np.asarray([r["patient_id"] for r in rows])  # one id per patient, first-seen order
     dice_arr = np.asarray([dice_by_patient[str(pid)] for pid in pids])
@@ -170,7 +178,8 @@ def evaluate(
         raise ValueError("the threshold must not be chosen on test labels (source 'test')")
     threshold = float(threshold)
     pred = test.pred_label(threshold)
-    cls = m.classification_metrics(test.y_true, test.prob, threshold, label=pred)
+    cls = m.classification_metrics(test.y_true, test.prob, threshold, label=pred,
+                                   score=test.score)
     calibration = {
         "brier": cls.pop("brier"),
         "ece": cls.pop("ece"),

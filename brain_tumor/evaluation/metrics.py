@@ -122,9 +122,11 @@ def expected_calibration_error(y_true: Any, prob: Any, bins: int = 10) -> float:
 
 
 def classification_metrics(y_true: Any, prob: Any, threshold: float,
-                           label: Any | None = None) -> dict[str, Any]:
+                           label: Any | None = None, score: Any | None = None) -> dict[str, Any]:
     """Slice-level metrics (JSON-ready; undefined values are None): the ranking ones from
-    `prob`, the counting ones from the final `label` when given, else from prob >= threshold."""
+    `score` when given (``roc_auc_classifier`` then from `prob` alone), else from `prob`; the
+    counting ones from the final `label` when given, else from prob >= threshold; the
+    calibration ones (Brier, ECE) from `prob`."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], got {threshold}")
     y, p = _labels_probs(y_true, prob)
@@ -134,6 +136,9 @@ def classification_metrics(y_true: Any, prob: Any, threshold: float,
         pred = np.asarray(label).ravel().astype(bool)
         if pred.shape != y.shape:
             raise ValueError(f"label and y_true differ in length: {pred.size} vs {y.size}")
+    rank = p
+    if score is not None:
+        _, rank = _labels_probs(y_true, score)
     c = _confusion(y, pred)
     tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
     both = 0 < y.sum() < y.size
@@ -141,8 +146,10 @@ def classification_metrics(y_true: Any, prob: Any, threshold: float,
         "threshold": float(threshold),
         "n": int(y.size),
         "positives": int(y.sum()),
-        "roc_auc": float(roc_auc_score(y, p)) if both else None,
-        "pr_auc": float(average_precision_score(y, p)) if y.sum() > 0 else None,
+        "ranked_by": "probability" if score is None else "tumor_score",
+        "roc_auc": float(roc_auc_score(y, rank)) if both else None,
+        "roc_auc_classifier": float(roc_auc_score(y, p)) if both else None,
+        "pr_auc": float(average_precision_score(y, rank)) if y.sum() > 0 else None,
         "accuracy": _ratio(tp + tn, y.size),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),

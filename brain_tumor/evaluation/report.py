@@ -51,7 +51,7 @@ def _interval(metrics: dict, name: str) -> str:
 def _roc_pr(test: Predictions, metrics: dict, out_dir: Path, plt: Any) -> list[Path]:
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    y, p = test.y_true, test.prob
+    y, p = test.y_true, test.ranking_score()
     both = 0 < y.sum() < y.size
     fig, ax = plt.subplots(figsize=(5, 5))
     if both:
@@ -60,7 +60,8 @@ def _roc_pr(test: Predictions, metrics: dict, out_dir: Path, plt: Any) -> list[P
     else:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="chance")
-    ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (test slices)")
+    ax.set(xlabel="False positive rate", ylabel="True positive rate",
+           title=f"ROC of the {metrics['slice'].get('ranked_by', 'probability')} (test slices)")
     ax.legend(loc="lower right")
     roc = _save(fig, out_dir / "roc.png", plt)
 
@@ -218,6 +219,15 @@ def postprocess_lines(config: dict) -> list[str]:
     return lines
 
 
+def _ranking_line(metrics: dict) -> list[str]:
+    """How slices are ranked for the ROC and PR curves."""
+    if (metrics.get("slice") or {}).get("ranked_by") != "tumor_score":
+        return ["- ROC and PR curves rank slices by the classifier's probability."]
+    return ["- ROC and PR curves rank slices by the tumor score: the larger of the classifier's "
+            "probability and the peak of the segmenter's probability map (chosen on validation "
+            "patients); the classifier alone is reported beside it."]
+
+
 def model_card(metrics: dict, *, model_version: str, dataset_version: str, config: dict,
                split_counts: dict | None = None) -> str:
     """The model card as Markdown: details, intended use, data, method, metrics, limits, plots."""
@@ -252,6 +262,7 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         f"- 95% bootstrap intervals resample patients ({boot.get('n_boot', 'n/a')} resamples).",
         "- Masks are evaluated at native resolution; Dice per patient stacks all of a patient's "
         "slices (Buda et al. 2019).",
+        *_ranking_line(metrics),
         "", *postprocess_lines(config),
         "", "## Metrics (test patients)", "",
         "| metric | value | 95% CI |", "| --- | --- | --- |",

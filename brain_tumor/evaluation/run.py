@@ -30,13 +30,21 @@ from brain_tumor.evaluation.tuning import (
     ablation,
     ablation_markdown,
     ablation_rules,
+    score_ablation,
+    score_markdown,
     split_outputs,
+    tune,
 )
 from brain_tumor.ingest.split import split_counts
 from brain_tumor.ml.inputs import fetch_native_masks, load_arrays, normalize_dataset
 from brain_tumor.ml.normalize import record_method
 from brain_tumor.ml.predict import load_model_version, predict_batch
-from brain_tumor.scoring.postprocess import post_processor, postprocess_groups
+from brain_tumor.scoring.postprocess import (
+    WholeStudy,
+    post_processor,
+    postprocess_groups,
+    tumor_score,
+)
 from brain_tumor.settings import Settings
 from brain_tumor.store.datasets import DatasetStore
 from brain_tumor.store.modelstore import ModelStore
@@ -69,7 +77,8 @@ def evaluate_model_version(store: ObjectStore, settings: Settings, model_version
                                               test.patient_ids, test.slice_index, model.threshold)
     preds = Predictions(patient_ids=test.patient_ids, y_true=test.labels, prob=prob,
                         true_masks=true_masks, pred_masks=pred_masks,
-                        slice_index=test.slice_index, label=label)
+                        slice_index=test.slice_index, label=label,
+                        score=tumor_score(prob, maps))
     metrics = evaluate(preds, model.threshold, model_version=model_version,
                        dataset_version=dataset_version, n_boot=settings.bootstrap_samples,
                        seed=settings.train_seed,
@@ -97,27 +106,42 @@ def evaluate_model_version(store: ObjectStore, settings: Settings, model_version
 
 
 def postprocess_ablation(store: ObjectStore, settings: Settings, model_version: str,
-                         include_test: bool = False) -> dict:
-    """Each post-processing rule's figures for one trained model version: on its validation
-    patients (for the decision) and, with ``include_test``, its test patients beside them."""
+                         include_test: bool = False, flip: bool = False) -> dict:
+    """Each post-processing rule's figures for one trained model version, and each candidate
+    slice score's ROC-AUC: on its validation patients (for the decision) and, with
+    ``include_test``, its test patients beside them. ``flip`` adds the rule re-tuned on
+    validation outputs averaged with their left-right mirror images (test-time augmentation)."""
     record = ModelStore(store, settings).record(model_version)
     model = load_model_version(store, settings, model_version)
     arrays = load_arrays(store, settings, record["dataset_version"], model.image_size)
     arrays = normalize_dataset(arrays, record_method(model.record))
 
-    def outputs(split: str) -> SplitOutputs:
+    def outputs(split: str, mirror: bool = False) -> SplitOutputs:
         data = arrays.subset(split)
         if len(data) == 0:
             raise ValueError(f"dataset {record['dataset_version']} has no {split} slices")
-        prob, maps = predict_batch(model, data.images.astype(np.float32), settings.batch_size)
+        prob, maps = predict_batch(model, data.images.astype(np.float32), settings.batch_size,
+                                   flip=mirror)
         return split_outputs(data, prob, maps)
 
     params = (record.get("postprocess") or {}).get("params") or {
         "mask_threshold": settings.mask_threshold}
-    rows = ablation(outputs("val"), model.threshold, params,
-                    test=outputs("test") if include_test else None,
+    val = outputs("val")
+    test = outputs("test") if include_test else None
+    rows = ablation(val, model.threshold, params, test=test,
                     rules=ablation_rules(params, settings.mask_threshold))
-    log.info("post-processing ablation of %s: %d rules", model_version, len(rows))
+    if flip:
+        val_flip = outputs("val", mirror=True)
+        tuned = tune(val_flip, model.threshold,
+                     min_sensitivity=settings.postprocess_min_sensitivity,
+                     max_fp_per_patient=settings.postprocess_max_fp_per_patient)
+        rows += [{**row, "rule": f"flip TTA, {row['rule']}, re-tuned on validation"}
+                 for row in ablation(val_flip, model.threshold, tuned["params"],
+                                     test=outputs("test", mirror=True) if include_test else None,
+                                     rules={"whole_study": WholeStudy(**tuned["params"])})]
+    scores = score_ablation(val, test)
+    log.info("post-processing ablation of %s: %d rules, %d slice scores", model_version,
+             len(rows), len(scores))
     return {"model_version": model_version, "dataset_version": record["dataset_version"],
-            "threshold": model.threshold, "params": params, "rows": rows,
-            "markdown": ablation_markdown(rows)}
+            "threshold": model.threshold, "params": params, "rows": rows, "scores": scores,
+            "markdown": ablation_markdown(rows) + "\n" + score_markdown(scores)}

@@ -28,6 +28,7 @@ from brain_tumor.scoring.postprocess import (
     SliceThreshold,
     WholeStudy,
     postprocess_groups,
+    tumor_score,
 )
 from brain_tumor.settings import Settings
 
@@ -199,6 +200,34 @@ def ablation(val: SplitOutputs, threshold: float, params: dict[str, Any],
     return rows
 
 
+def _peak(maps: np.ndarray) -> np.ndarray:
+    return np.asarray(maps).reshape(len(maps), -1).max(axis=1).astype(np.float64)
+
+
+#: the slice scores compared for ranking slices (ROC-AUC); ``tumor_score`` is what is used
+SCORES = {
+    "classifier probability": lambda out: out.prob,
+    "segmenter peak": lambda out: _peak(out.maps),
+    "mean of the two": lambda out: (out.prob + _peak(out.maps)) / 2.0,
+    "larger of the two (tumor_score)": lambda out: tumor_score(out.prob, out.maps),
+}
+
+
+def score_ablation(val: SplitOutputs, test: SplitOutputs | None = None) -> list[dict[str, Any]]:
+    """Slice ROC-AUC of each candidate slice score on the validation patients (the decision)
+    and, when given, on the test patients beside them (reported, never used to choose)."""
+    if val.split != "val":
+        raise ValueError(f"the score is chosen on the validation split, received {val.split!r}")
+    rows = []
+    for name, fn in SCORES.items():
+        row = {"score": name, "validation_roc_auc": m.classification_metrics(
+            val.y_true, fn(val), 0.5)["roc_auc"], "test_roc_auc": None}
+        if test is not None:
+            row["test_roc_auc"] = m.classification_metrics(test.y_true, fn(test), 0.5)["roc_auc"]
+        rows.append(row)
+    return rows
+
+
 ABLATION_COLUMNS = (("dice_per_patient_mean", "Dice mean"),
                     ("dice_per_patient_median", "Dice median"),
                     ("sensitivity", "sens."), ("specificity", "spec."),
@@ -224,4 +253,15 @@ def ablation_markdown(rows: list[dict[str, Any]]) -> str:
         if with_test:
             cells += [cell((r["test"] or {}).get(k)) for k, _ in ABLATION_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def score_markdown(rows: list[dict[str, Any]]) -> str:
+    """The slice-score comparison as a Markdown table."""
+    def cell(v: Any) -> str:
+        return "n/a" if v is None else f"{float(v):.4f}"
+
+    lines = ["| slice score | val ROC-AUC | test ROC-AUC |", "| --- | --- | --- |"]
+    lines += [f"| {r['score']} | {cell(r['validation_roc_auc'])} | {cell(r['test_roc_auc'])} |"
+              for r in rows]
     return "\n".join(lines) + "\n"

@@ -73,11 +73,21 @@ def to_model_input(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarr
     return batch.astype(np.float32)
 
 
-def predict_batch(model: LoadedModel, x: np.ndarray,
-                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Model-size float batch -> (tumor probabilities N, mask probability maps N x S x S)."""
+def predict_batch(model: LoadedModel, x: np.ndarray, batch_size: int = 32,
+                  flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Model-size float batch -> (tumor probabilities N, mask probability maps N x S x S).
+
+    ``flip``: test-time augmentation, the mean of the outputs on the slices and on their
+    left-right mirror images (maps mirrored back).
+    """
     prob = np.asarray(model.classifier.predict(x, batch_size=batch_size, verbose=0)).reshape(-1)
     maps = np.asarray(model.segmenter.predict(x, batch_size=batch_size, verbose=0))[..., 0]
+    if flip:
+        mirror = np.ascontiguousarray(np.asarray(x)[:, :, ::-1])
+        prob = (prob + np.asarray(model.classifier.predict(
+            mirror, batch_size=batch_size, verbose=0)).reshape(-1)) / 2.0
+        maps = (maps + np.asarray(model.segmenter.predict(
+            mirror, batch_size=batch_size, verbose=0))[..., 0][:, :, ::-1]) / 2.0
     return prob.astype(np.float64), maps
 
 

@@ -64,6 +64,7 @@ class StudyPrediction:
     geometry: list[dict[str, Any]]  # N of {area, bbox, centroid}
     summary: dict[str, Any] = field(default_factory=dict)  # post-processing facts for summary.json
     ood_score: np.ndarray | None = None  # N out-of-distribution slice scores (None: unchecked)
+    score: np.ndarray | None = None  # N tumor scores (``postprocess.tumor_score``), for ranking
 
 
 class StudyReader(Protocol):

@@ -23,6 +23,13 @@ slice with an empty mask, and label, mask and box never disagree. Evaluation, th
 gate, tuning and scoring all run this same code (``postprocess_groups`` applies a rule to many
 studies at once, each patient's slices in slice order).
 
+Each slice also gets a **tumor score** (``tumor_score``): the stronger of the two models'
+evidence, the classifier's probability or the peak of the segmenter's probability map. It ranks
+slices (the slice ROC-AUC is computed on it) and is stored beside the classifier's probability;
+it is not a calibrated probability. It was chosen on validation patients against the classifier
+probability alone, the map's peak alone and their mean
+(``brain_tumor.evaluation.tuning.score_ablation``).
+
 ``SliceThreshold`` is the rule for model versions without post-processing parameters: each
 slice on its own, the classifier decides, the segmenter draws.
 """
@@ -62,6 +69,17 @@ class ArrayRule(Protocol):
         ...
 
 
+def tumor_score(prob: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Per slice, the larger of the classifier probability and the segmenter map's peak."""
+    prob = np.asarray(prob, dtype=np.float64).ravel()
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or len(maps) != prob.size:
+        raise ValueError(f"need one N x S x S map per probability, received {prob.size} "
+                         f"probabilities and maps of shape {maps.shape}")
+    peak = maps.reshape(len(maps), -1).max(axis=1) if maps.size else np.zeros(prob.size)
+    return np.maximum(prob, peak.astype(np.float64))
+
+
 def _check_inputs(prob: np.ndarray, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> None:
     if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
         raise ValueError(f"maps must be N x S x S, received shape {maps.shape}")
@@ -92,7 +110,8 @@ class SliceThreshold:
         _check_inputs(prob, maps, sizes)
         label, masks = postprocess(prob, maps, list(sizes), threshold, self.mask_threshold,
                                    self.gate_masks)
-        return StudyPrediction(prob, label, masks, [mask_geometry(m) for m in masks])
+        return StudyPrediction(prob, label, masks, [mask_geometry(m) for m in masks],
+                               score=tumor_score(prob, maps))
 
     def __call__(self, raw: RawPrediction, study: Study, threshold: float) -> StudyPrediction:
         """The study's final per-slice results."""
@@ -179,7 +198,8 @@ class WholeStudy:
         label = np.asarray([int(m.any()) for m in masks], dtype=int)
         summary = {"postprocess_rule": self.name, "components_found": found,
                    "components_dropped": dropped, "small_masks_dropped": emptied}
-        return StudyPrediction(prob, label, masks, [mask_geometry(m) for m in masks], summary)
+        return StudyPrediction(prob, label, masks, [mask_geometry(m) for m in masks], summary,
+                               score=tumor_score(prob, maps))
 
     def __call__(self, raw: RawPrediction, study: Study, threshold: float) -> StudyPrediction:
         """The study's final per-slice results (its slices in slice order)."""
@@ -192,7 +212,7 @@ class WholeStudy:
         back = np.argsort(order)
         return StudyPrediction(pred.prob[back], pred.label[back],
                                [pred.masks[i] for i in back], [pred.geometry[i] for i in back],
-                               pred.summary)
+                               pred.summary, score=pred.score[back])
 
 
 def postprocess_groups(rule: ArrayRule, prob: np.ndarray, maps: np.ndarray,

@@ -199,8 +199,9 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("model_version", "str", ""),
                Col("dataset_version", "str", ""),
                Col("threshold", "float", "decision threshold, chosen on validation patients"),
-               Col("slice", "dict", "roc_auc, pr_auc, accuracy, sensitivity, specificity, "
-                                    "precision, f1, confusion"),
+               Col("slice", "dict", "roc_auc, pr_auc (ranked by ranked_by: tumor_score or "
+                                    "probability), roc_auc_classifier, accuracy, sensitivity, "
+                                    "specificity, precision, f1, confusion"),
                Col("calibration", "dict", "brier, ece, curve (reliability diagram bins)"),
                Col("localization", "dict", "per-patient Dice mean/median, tumor-slice Dice/IoU"),
                Col("patient", "dict", "detection_rate, false_positive_slices_per_patient"),

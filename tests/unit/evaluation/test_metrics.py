@@ -196,3 +196,16 @@ def test_bootstrap_ci_skips_undefined() -> None:
     assert m.bootstrap_ci(ids, lambda idx: None, n_boot=5) == (None, None)
     with pytest.raises(ValueError, match="alpha"):
         m.bootstrap_ci(ids, lambda idx: 1.0, alpha=1.5)
+
+
+def test_ranking_metrics_follow_the_score_when_one_is_given() -> None:
+    y = [0, 0, 1, 1]
+    prob = [0.6, 0.1, 0.2, 0.9]  # the classifier ranks one negative above a positive
+    score = [0.3, 0.1, 0.7, 0.9]  # the tumor score ranks them right
+    r = m.classification_metrics(y, prob, 0.5, score=score)
+    assert r["ranked_by"] == "tumor_score"
+    assert r["roc_auc"] == 1.0 and r["pr_auc"] == 1.0
+    assert r["roc_auc_classifier"] == 0.75
+    assert r["brier"] == pytest.approx(np.mean((np.array(prob) - np.array(y)) ** 2))
+    plain = m.classification_metrics(y, prob, 0.5)
+    assert plain["ranked_by"] == "probability" and plain["roc_auc"] == 0.75

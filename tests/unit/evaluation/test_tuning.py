@@ -156,3 +156,17 @@ def test_model_card_shows_the_tuned_post_processing() -> None:
     assert "tumor-free studies are not measured" in card
     legacy = model_card(metrics, model_version="m-1", dataset_version="ds-1", config={})
     assert "Rule: slice_threshold" in legacy
+
+
+def test_slice_scores_are_compared_on_validation_and_reported_on_test() -> None:
+    val, test = _outputs("val"), _outputs("test")
+    val.maps[1] = np.minimum(val.maps[1], 0.3)  # the segmenter misses one tumor slice
+    rows = {r["score"]: r for r in tuning.score_ablation(val, test)}
+    assert rows["classifier probability"]["validation_roc_auc"] == 1.0  # 0.8 vs 0.3
+    # 9 tumor and 9 tumor-free slices; that slice's peak (0.3) sits under the specks' (0.9) on
+    # 6 tumor-free slices: 6 of the 81 pairs lost
+    assert rows["segmenter peak"]["validation_roc_auc"] == pytest.approx(1 - 6 / 81)
+    assert rows["larger of the two (tumor_score)"]["test_roc_auc"] is not None
+    assert "| larger of the two (tumor_score) |" in tuning.score_markdown(list(rows.values()))
+    with pytest.raises(ValueError, match="validation split"):
+        tuning.score_ablation(test)

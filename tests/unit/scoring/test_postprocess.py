@@ -12,6 +12,7 @@ from brain_tumor.scoring.postprocess import (
     keep_components,
     post_processor,
     postprocess_groups,
+    tumor_score,
 )
 from brain_tumor.settings import load_settings
 
@@ -152,3 +153,24 @@ def test_bad_inputs_are_refused() -> None:
         WholeStudy(1.5)
     with pytest.raises(ValueError, match="one of each per slice"):
         WholeStudy().apply(np.full(2, 0.5), _maps(3), _sizes(3), 0.5)
+
+
+def test_the_tumor_score_is_the_stronger_of_the_two_models() -> None:
+    maps = _maps(3)
+    maps[1, 2, 2] = 0.8  # a segmenter peak where the classifier doubts
+    prob = np.array([0.6, 0.2, 0.05])
+    assert np.allclose(tumor_score(prob, maps), [0.6, 0.8, LO])
+    with pytest.raises(ValueError, match="one N x S x S map per probability"):
+        tumor_score(prob[:2], maps)
+
+
+def test_both_rules_carry_the_tumor_score_in_the_studys_order() -> None:
+    maps = _maps(3)
+    maps[2, 3:6, 3:6] = HI
+    prob = np.array([0.7, 0.2, 0.3])
+    order = [20, 10, 30]  # given out of slice order
+    study = Study("s", [np.zeros((S, S, 3), np.uint8)] * 3, order, ["k"] * 3)
+    raw = RawPrediction(prob, maps)
+    for rule in (WholeStudy(0.5, 0.0, 0.1), SliceThreshold(0.5)):
+        pred = rule(raw, study, 0.5)
+        assert np.allclose(pred.score, [0.7, 0.2, HI]), rule.name
