@@ -1,6 +1,7 @@
 """Scoring benchmark on the real LGG data: every patient scored as an incoming study.
 
-  python bench/scoring.py DATA [--engine openvino|onnx|keras] [--threads N] [--home DIR]
+  python bench/scoring.py DATA [--engine openvino|onnx|keras] [--precision f32|bf16]
+                               [--threads N] [--batch-size B] [--pack-slices P] [--home DIR]
                                [--model-version M] [--naive-studies 10] [--json OUT]
 
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz), an unpacked kaggle_3m folder, or
@@ -14,15 +15,19 @@ benchmark's port settings: BENCH_S3_PORT, BENCH_S3_PORT_BASE), then:
    is not meaningful; its speed is the CPU profile's. For --engine openvino or onnx the
    version's ONNX export is made first if it lacks one.
 2. **studies**: each patient folder is uploaded (slices only) to ``incoming/<patient>/``.
-3. **limit**: the best float32 matrix-multiply rate of the engine on the threads it uses
-   (OpenVINO, ONNX Runtime: a MatMul-only ONNX graph run by each, the better one kept; Keras: a
-   TensorFlow matmul), the most FLOP/s the models could get here. The models' FLOPs per
+3. **limit**: the best matrix-multiply rate at the engine's precision on the threads it uses
+   (f32 on OpenVINO and ONNX Runtime: a MatMul-only ONNX graph run by each, the better one
+   kept; bf16: that graph on OpenVINO at bf16, the only runtime that computes it; Keras: a
+   TensorFlow float32 matmul), the most FLOP/s the models could get here. The models' FLOPs per
    slice come from ``brain_tumor.ml.flops``.
 4. **batched**: the scoring pipeline on every study with the engine loaded once — what a
-   scoring task does: each slice read once (parallel GETs, the next study while one is in the
-   model), the study predicted in batches, outputs written. Slices/s end to end and model
-   only, each also as a share of the limit, and the time split between reading, model and
-   writing.
+   scoring task does (``ScoringPipeline.score_many``): each slice read once (parallel GETs,
+   studies read ahead), consecutive studies predicted together until they hold --pack-slices
+   slices (batches of --batch-size spanning study boundaries; 0: one study per call), each
+   call's outputs written in the background while the next call is in the model. Slices/s
+   end to end and model only, each also as a share of the limit, and the time split between
+   reading, model and writing (writing overlaps the model: the split adds up to more than
+   the wall time).
 5. **naive**: on the first --naive-studies studies, one ``predict`` per slice (the way a
    per-image loop scores), against the batched model time on the same slices: the ratio is
    the gain of batching.
@@ -181,8 +186,9 @@ def _limit(how: str, threads: int | str, rates: dict) -> dict:
             "gflops": round(max(rates.values()), 1)}
 
 
-def matmul_limit_onnx(threads: int, runtime: str = "onnxruntime", repeats: int = 10) -> dict:
-    """Best float32 MatMul GFLOP/s of an ONNX runtime on ``threads`` (0: its default).
+def matmul_limit_onnx(threads: int, runtime: str = "onnxruntime", repeats: int = 10,
+                      precision: str = "f32") -> dict:
+    """Best MatMul GFLOP/s of an ONNX runtime at ``precision`` on ``threads`` (0: its default).
 
     A MatMul-only ONNX graph run as the engine runs the models (``engines.compile_graph``); its
     right-hand matrix is a graph constant, as a model's weights are (packed once), and the
@@ -209,19 +215,23 @@ def matmul_limit_onnx(threads: int, runtime: str = "onnxruntime", repeats: int =
             model.ir_version = 8
             path = Path(tmp) / f"matmul-{m}-{k}-{n}.onnx"
             path.write_bytes(model.SerializeToString())
-            run = compile_graph(path, runtime, threads)
+            run = compile_graph(path, runtime, threads, precision)
             a = rng.standard_normal((m, k), dtype=np.float32)
             rates[(m, k, n)] = _best_rate(lambda run=run, a=a: run({"image": a}),
                                           2.0 * m * k * n, repeats)
-    return _limit(f"{runtime} MatMul, constant right-hand side", threads or "default", rates)
+    return {**_limit(f"{runtime} MatMul, constant right-hand side", threads or "default",
+                     rates), "precision": precision}
 
 
-def onnx_limit(threads: int) -> dict:
-    """The better MatMul rate of OpenVINO and ONNX Runtime (each is measured; one CPU limit)."""
+def onnx_limit(threads: int, precision: str = "f32") -> dict:
+    """The better MatMul rate of OpenVINO and ONNX Runtime at ``precision`` (each runtime that
+    computes it is measured; one CPU limit): f32 both, bf16 OpenVINO only."""
     from brain_tumor.scoring.engines import RUNTIMES, openvino_available
 
-    runtimes = [r for r in RUNTIMES if r != "openvino" or openvino_available()]
-    each = {runtime: matmul_limit_onnx(threads, runtime) for runtime in runtimes}
+    runtimes = [r for r in RUNTIMES if (r != "openvino" or openvino_available())
+                and (precision == "f32" or r == "openvino")]
+    each = {runtime: matmul_limit_onnx(threads, runtime, precision=precision)
+            for runtime in runtimes}
     best = max(each.values(), key=lambda limit: limit["gflops"])
     return {**best, "by_runtime": each}
 
@@ -293,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
     pid = server.pid()
     settings = _settings(server, home, dict(PROFILES["cpu"])).model_copy(update={
         "incoming_prefix": "bench-in/", "scores_prefix": "bench-out/", "engine": args.engine,
-        "engine_threads": args.threads})
+        "engine_threads": args.threads, "engine_precision": args.precision,
+        "engine_batch_size": args.batch_size, "engine_pack_slices": args.pack_slices})
     store = steps.open_store(settings)
     phases: dict[str, Phase] = {name: Phase(pid) for name in
                                 ("train", "upload", "load", "batched", "naive")}
@@ -318,7 +329,8 @@ def run(args: argparse.Namespace) -> dict:
             size = int(engine.record["image_size"])
             engine.predict([np.zeros((size, size, 3), np.uint8)])  # warm-up
         rss_loaded = rss_gb()
-        limit = matmul_limit_keras() if engine.name == "keras" else onnx_limit(args.threads)
+        limit = (matmul_limit_keras() if engine.name == "keras"
+                 else onnx_limit(args.threads, args.precision))
         pipeline = build_pipeline(store, settings, engine)
         results = []
         with phases["batched"]:
@@ -346,7 +358,9 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine(), "model_version": version, "image_size": settings.image_size,
         "engine": engine.name, "engine_threads": args.threads or "default",
-        "batch_size": settings.batch_size, "io_workers": settings.io_workers,
+        "precision": args.precision, "batch_size": getattr(engine, "batch_size", None),
+        "pack_slices": settings.engine_pack_slices, "write_behind": pipeline.write_behind,
+        "io_workers": settings.io_workers,
         "studies": len(results), "slices": slices,
         "tumor_studies": sum(bool(r["tumor_present"]) for r in results),
         "limit": limit, "flops_per_slice": flops,
@@ -365,6 +379,8 @@ def run(args: argparse.Namespace) -> dict:
                   "batched_model_only": _rate(naive["slices"], naive["batched_model_s"],
                                               flops["total"], gflops),
                   "speedup_model": round(naive["model_s"] / naive["batched_model_s"], 2),
+                  "end_to_end_vs_naive": round((slices / batched.wall_s)
+                                               / (naive["slices"] / naive["model_s"]), 2),
                   "sequential_read_s": round(naive["read_s"], 2),
                   "other_cpu_s": round(phases["naive"].other_cpu_s, 1)},
         "model_load_s": round(phases["load"].wall_s, 2),
@@ -383,6 +399,14 @@ def main() -> int:
     parser.add_argument("--engine", choices=("openvino", "onnx", "keras"), default="openvino",
                         help="the inference engine scored with (openvino and onnx run the "
                              "version's ONNX export on OpenVINO or ONNX Runtime)")
+    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                        help="the engine's arithmetic (bf16: OpenVINO only); the limit is "
+                             "measured at the same precision")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="slices per model call (0: the engine_batch_size setting's default)")
+    parser.add_argument("--pack-slices", type=int, default=128,
+                        help="studies predicted together until they hold this many slices "
+                             "(0: one study per model call)")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads per model of the ONNX engine (0: the runtime's default)")
     parser.add_argument("--home", default="bench/results/quality-home",

@@ -249,6 +249,17 @@ class Settings(BaseModel):
                             "it and the worker has no GPU; else Keras).")
     engine_threads: int = Field(0, ge=0, description="Threads the ONNX engine uses per model "
                                                      "(0: the runtime's default, one per core).")
+    engine_precision: Literal["f32", "bf16"] = Field(
+        "f32", description="Arithmetic of the OpenVINO engine: 'f32', or 'bf16' (bfloat16, on "
+                           "cores with AVX512-BF16 or AMX; check it against f32 on the "
+                           "validation patients with bench/precision.py first). ONNX Runtime "
+                           "and Keras compute in f32 only.")
+    engine_batch_size: int = Field(0, ge=0, description="Slices per model call of the ONNX "
+                                                        "engine (0: batch_size).")
+    engine_pack_slices: int = Field(
+        128, ge=0, description="Batch scoring predicts consecutive studies together until they "
+                               "hold this many slices, in batches that span study boundaries "
+                               "(0: one study per model call).")
     ood_withhold: bool = Field(
         False, description="Withhold the masks and overlays of a study flagged out of "
                            "distribution (it is still scored; summary.json says withheld).")

@@ -56,6 +56,8 @@ def slices_table(study: Study, pred: StudyPrediction,
         "study_id": study.study_id, "slice_index": np.asarray(study.slice_index, np.int64),
         "source_key": study.source,
         "probability": np.asarray(pred.prob, np.float64),
+        "tumor_score": (np.full(len(pred.prob), np.nan) if pred.score is None
+                        else np.asarray(pred.score, np.float64)),
         "label": np.asarray(pred.label, np.int64),
         "tumor_pixels": np.asarray([g["area"] for g in pred.geometry], np.int64),
         **{f"bbox_{c}": pd.array([b[i] for b in boxes], dtype="Int64")

@@ -120,7 +120,11 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                Col("slice_index", "int", ""),
                Col("source_key", "str", "key of the scored slice"),
                Col("probability", "float", "classifier tumor probability"),
-               Col("label", "int", "probability >= the model's threshold"),
+               Col("tumor_score", "float", "larger of the classifier probability and the "
+                   "segmenter map's peak: ranks slices, not calibrated (null: not computed)",
+                   nullable=True),
+               Col("label", "int", "final label: 1 when the post-processed mask is not empty "
+                   "(per-slice rule: probability >= the model's threshold)"),
                Col("tumor_pixels", "int", "pixels of the predicted mask, at the slice's size"),
                *_BBOX,
                Col("centroid_y", "float", "", nullable=True),

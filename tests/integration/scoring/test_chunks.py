@@ -63,19 +63,19 @@ def test_a_failing_study_is_reported_and_the_chunk_goes_on(chunk_env, monkeypatc
     from brain_tumor.scoring.study import ScoringPipeline
 
     settings, store, version, ids = chunk_env
-    real = ScoringPipeline.score
+    real = ScoringPipeline._read
 
     def outage(pipeline, study_id):
         if study_id == ids[0]:
             raise StorageError("simulated outage")
         return real(pipeline, study_id)
 
-    monkeypatch.setattr(ScoringPipeline, "score", outage)
+    monkeypatch.setattr(ScoringPipeline, "_read", outage)
     chunk = steps.score_chunk(settings, version, ids)
 
     assert chunk["failed"] == [{"study_id": ids[0], "error": "StorageError: simulated outage"}]
     assert [r["study_id"] for r in chunk["results"]] == ids[1:]
-    monkeypatch.setattr(ScoringPipeline, "score", real)
+    monkeypatch.setattr(ScoringPipeline, "_read", real)
     again = steps.score_chunk(settings, version, ids)  # the retry: done studies are skipped
     assert [r["status"] for r in again["results"]] == ["scored", "quarantined", "skipped"]
 

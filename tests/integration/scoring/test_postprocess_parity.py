@@ -17,7 +17,12 @@ from brain_tumor import steps
 from brain_tumor.ml.inputs import fetch_native_masks, load_arrays
 from brain_tumor.ml.predict import predict_batch
 from brain_tumor.scoring import study as score
-from brain_tumor.scoring.postprocess import WholeStudy, post_processor, postprocess_groups
+from brain_tumor.scoring.postprocess import (
+    WholeStudy,
+    post_processor,
+    postprocess_groups,
+    tumor_score,
+)
 from brain_tumor.scoring.readers import upload_study
 from brain_tumor.store.incoming import IncomingStore
 from brain_tumor.store.scores import ScoreStore
@@ -66,6 +71,8 @@ def test_scoring_outputs_equal_evaluation_post_processing(trained, model, tmp_pa
     assert list(table["slice_index"]) == [int(i) for i in test.slice_index[rows]]
     assert list(table["label"]) == [int(v) for v in label]
     assert list(table["tumor_pixels"]) == [int(m.sum()) for m in masks]
+    # the slice score evaluation ranks by (ROC-AUC) is the one scoring stores
+    assert np.allclose(table["tumor_score"], tumor_score(prob, maps), atol=1e-5)
     assert label.any(), "the tiny model found no tumor: the mask comparison needs one"
     for j, i in enumerate(rows):
         if label[j]:
