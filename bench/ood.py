@@ -1,13 +1,19 @@
 """Out-of-distribution benchmark on the real LGG data: false flags on unseen patients, foreign
 studies caught, and what the check costs.
 
-  python bench/ood.py DATA --model-version M [--home DIR] [--engine auto|onnx|keras] [--json OUT]
+  python bench/ood.py DATA --model-version M [--home DIR] [--engine auto|onnx|keras] [--refit]
+      [--json OUT]
 
 DATA is the LGG archive or an unpacked kaggle_3m folder; --home and --model-version name what
 `bench/quality.py run --home DIR` left (its SeaweedFS data holds the dataset's split and the model
 version with its reference, ``ood.npz``, fitted on the training patients and bounded on the
 validation patients at training time). Nothing here chooses anything: the bounds are the model
-version's.
+version's. ``--refit`` instead fits the reference with the current code in memory, as training
+would (``ood_max_train_slices`` of the training patients' slices sampled with ``train_seed``,
+bounds at ``ood_slice_rate`` on the validation patients, ``ood_study_share``, the model version's
+``intensity_norm``), from the model version's train and validation patients read from DATA and
+passed through the engine: for a version whose stored ``ood.npz`` the current statistics do not
+match. Only the patients each phase needs are unpacked.
 
 For each **test** patient of the model's dataset version (never used by the reference), the
 study's slices go through the engine and ``brain_tumor.scoring.study.ood_check``, exactly as
@@ -23,13 +29,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from quality import PROFILES, _server, _settings, emit, machine, start_logging
-from scoring import _unpack
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -53,16 +60,85 @@ def bootstrap_share(flags: list[np.ndarray], samples: int = 1000, seed: int = 0)
     return [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))]
 
 
+def unpack_patients(data: Path, workdir: Path, patients: list[str]) -> Path:
+    """The kaggle_3m folder holding these patients' folders: data itself, or only their files
+    unpacked from the archive into workdir (no other patient's slice leaves the archive)."""
+    if data.is_dir():
+        return data
+    wanted = set(patients)
+    with tarfile.open(data) as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and len(Path(m.name).parts) >= 2
+                   and Path(m.name).parts[-2] in wanted]
+        tf.extractall(workdir, members=members, filter="data")
+    folders = {p.name: p.parent for p in workdir.rglob("*") if p.is_dir() and p.name in wanted}
+    missing = sorted(wanted - set(folders))
+    if missing:
+        raise SystemExit(f"{data}: no slices of {len(missing)} patients, e.g. {missing[:3]}")
+    return next(iter(folders.values()))
+
+
+def patient_values(engine: Any, images: list[np.ndarray], size: int, norm: str) -> dict:
+    """One study's input statistics, features and probabilities, as scoring computes them, and
+    the engine's and the statistics' seconds."""
+    from brain_tumor.scoring import ood
+    from brain_tumor.scoring.engines import study_input
+
+    clock = time.perf_counter()
+    raw = engine.predict(images)
+    predict_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    stats = ood.input_statistics(study_input(images, size, norm))
+    return {"input": stats, "features": np.asarray(raw.features, np.float64),
+            "prob": np.asarray(raw.prob, np.float64), "predict_s": predict_s,
+            "stats_s": time.perf_counter() - clock}
+
+
+def refit_reference(train: list[dict], validation: list[dict], settings: Any, norm: str,
+                    slice_rate: float, study_share: float) -> Any:
+    """A reference fitted as training fits it: sampled training slices, validation bounds."""
+    from brain_tumor.ml.ood_reference import sample_rows
+    from brain_tumor.scoring import ood
+
+    rows = sample_rows(sum(len(v["input"]) for v in train), settings.ood_max_train_slices,
+                       settings.train_seed)
+    fit = {k: np.concatenate([v[k] for v in train])[rows] for k in ("input", "features")}
+    bound = {k: np.concatenate([v[k] for v in validation]) for k in ("input", "features")}
+    return ood.fit_reference(fit, bound, slice_rate=slice_rate, study_share=study_share,
+                             validation_prob=np.concatenate([v["prob"] for v in validation]),
+                             input_norm=norm)
+
+
+def split_patients(store: Any, settings: Any, record: dict, split_name: str) -> list[str]:
+    """The model version's dataset patients of one split, sorted."""
+    from brain_tumor.store.datasets import DatasetStore
+
+    split = DatasetStore(store, settings).split(record["dataset_version"])
+    return sorted(split.loc[split["split"] == split_name, "patient_id"])
+
+
+def read_values(engine: Any, root: Path, patients: list[str], size: int, norm: str,
+                what: str) -> list[dict]:
+    """``patient_values`` of each patient's TIFF study under root."""
+    from brain_tumor.devtools.synth_dicom import tiff_slices
+
+    out = []
+    for n, pid in enumerate(patients, 1):
+        out.append({"patient": pid, **patient_values(engine, tiff_slices(root / pid), size,
+                                                     norm)})
+        logging.info("%s %d/%d %s: %d slices", what, n, len(patients), pid, len(out[-1]["prob"]))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     """The benchmark (see the module docstring)."""
     from brain_tumor import steps
     from brain_tumor.devtools.synth_dicom import tiff_slices
     from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
+    from brain_tumor.ml.normalize import record_method
     from brain_tumor.ml.ood_reference import load_reference
     from brain_tumor.scoring.contracts import Study
     from brain_tumor.scoring.engines import load_engine
     from brain_tumor.scoring.study import ood_check
-    from brain_tumor.store.datasets import DatasetStore
     from brain_tumor.store.modelstore import ModelStore
 
     home = Path(args.home).resolve()
@@ -73,16 +149,25 @@ def run(args: argparse.Namespace) -> dict:
             update={"engine": args.engine})
         store = steps.open_store(settings)
         record = ModelStore(store, settings).record(args.model_version)
-        reference = load_reference(store, settings, record)
+        engine = load_engine(store, settings, args.model_version)
+        size, norm = int(record["image_size"]), record_method(record)
+        if args.refit:
+            with tempfile.TemporaryDirectory(prefix="bench-ood-fit-") as tmp:
+                fit_ids = {s: split_patients(store, settings, record, s) for s in ("train", "val")}
+                root = unpack_patients(Path(args.data), Path(tmp), [*fit_ids["train"],
+                                                                    *fit_ids["val"]])
+                reference = refit_reference(
+                    read_values(engine, root, fit_ids["train"], size, norm, "fit train"),
+                    read_values(engine, root, fit_ids["val"], size, norm, "fit validation"),
+                    settings, norm, settings.ood_slice_rate, settings.ood_study_share)
+        else:
+            reference = load_reference(store, settings, record)
         if reference is None:
             raise SystemExit(f"model version {args.model_version} has no out-of-distribution "
                              "reference (trained before the check existed?)")
-        split = DatasetStore(store, settings).split(record["dataset_version"])
-        test_ids = sorted(split.loc[split["split"] == "test", "patient_id"])
-        engine = load_engine(store, settings, args.model_version)
-        size = int(record["image_size"])
+        test_ids = split_patients(store, settings, record, "test")
         with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
-            root = _unpack(Path(args.data), Path(tmp))
+            root = unpack_patients(Path(args.data), Path(tmp), test_ids)
             per_patient, slice_flags, foreign = [], [], {k: [] for k in FOREIGN_KINDS}
             predict_s = check_s = 0.0
             for n, pid in enumerate(test_ids, 1):
@@ -111,6 +196,8 @@ def run(args: argparse.Namespace) -> dict:
     k, total = int(pooled.sum()), len(pooled)
     return {
         "machine": machine(), "model_version": args.model_version, "engine": args.engine,
+        "reference": "refitted by this run" if args.refit else "the model version's ood.npz",
+        "input_norm": reference.input_norm,
         "bounds": {d.name: d.bound for d in reference.detectors},
         "slice_rate": reference.slice_rate, "study_share": reference.study_share,
         "test_patients": len(test_ids),
@@ -134,6 +221,9 @@ def main() -> int:
     parser.add_argument("--home", default="bench/results/quality-home",
                         help="server data of bench/quality.py run")
     parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
+    parser.add_argument("--refit", action="store_true",
+                        help="fit the reference with the current code from the version's train "
+                             "and validation patients instead of reading its ood.npz")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     start_logging()

@@ -4,11 +4,12 @@ Training slices (at most ``ood_max_train_slices``, sampled with ``train_seed``) 
 detector its centre and spread; the validation slices give its bound (``ood_slice_rate``) and
 the drift references. Test slices never reach the fit: the rows are picked by split here.
 
-Input statistics are taken on the model-input images before per-study normalization (the resized
-0..255 slices, what scoring computes them on); features are the classifier's pooled features of
-the normalized images (``brain_tumor.ml.export.classifier_with_features``, what the engines
-return). The reference is written as ``ood.npz`` beside the models; model.json's ``ood`` entry
-states its settings, bounds and slice counts.
+Both detectors look at the model's actual input, the resized slices mapped per study with the
+model version's ``intensity_norm``: input statistics (``ood.input_statistics``, what scoring
+computes on ``engines.study_input``) and the classifier's pooled features
+(``brain_tumor.ml.export.classifier_with_features``, what the engines return). The reference
+states the mapping (``input_norm``). The reference is written as ``ood.npz`` beside the models;
+model.json's ``ood`` entry states its settings, mapping, bounds and slice counts.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classif
     """Fit the reference on the train split's slices and bound it on the val split's.
 
     ``raw`` holds the resized 0..255 images, ``model_input`` the same rows as the classifier
-    takes them (normalized per study); ``val_prob`` the classifier's validation probabilities.
+    takes them (normalized per study with ``settings.intensity_norm``); both detectors use
+    ``model_input``, ``raw`` only checks the rows agree. ``val_prob``: the classifier's
+    validation probabilities.
     """
     if len(raw) != len(model_input) or not np.array_equal(raw.splits, model_input.splits):
         raise ValueError(f"raw and model-input datasets must hold the same rows, received "
@@ -66,15 +69,16 @@ def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classif
     if len(val_prob) != len(val_rows):
         raise ValueError(f"val_prob must hold one probability per validation slice "
                          f"({len(val_rows)}), received {len(val_prob)}")
-    train = {"input": ood.input_statistics(raw.images[train_rows]),
+    train = {"input": ood.input_statistics(model_input.images[train_rows]),
              "features": slice_features(classifier, model_input.images[train_rows],
                                         settings.batch_size)}
-    validation = {"input": ood.input_statistics(raw.images[val_rows]),
+    validation = {"input": ood.input_statistics(model_input.images[val_rows]),
                   "features": slice_features(classifier, model_input.images[val_rows],
                                              settings.batch_size)}
     reference = ood.fit_reference(train, validation, slice_rate=settings.ood_slice_rate,
                                   study_share=settings.ood_study_share,
-                                  validation_prob=np.asarray(val_prob).reshape(-1))
+                                  validation_prob=np.asarray(val_prob).reshape(-1),
+                                  input_norm=settings.intensity_norm)
     log.info("out-of-distribution reference: %d train / %d validation slices, bounds %s",
              len(train_rows), len(val_rows), reference_bounds(reference))
     return reference
@@ -89,6 +93,7 @@ def write_reference(reference: ood.Reference, folder: Path) -> dict[str, Any]:
     """Write ``ood.npz`` into folder; returns model.json's ``ood`` entry."""
     (folder / OOD_FILE).write_bytes(reference.to_bytes())
     return {"slice_rate": reference.slice_rate, "study_share": reference.study_share,
+            "input_norm": reference.input_norm,
             "bounds": reference_bounds(reference),
             "train_slices": int(reference.facts.get("train_slices", 0)),
             "validation_slices": int(reference.facts.get("validation_slices", 0))}

@@ -5,7 +5,12 @@ input (after resizing and intensity mapping; native size is not a signal):
 
 - ``input``: cheap statistics of the image itself (``input_statistics``: foreground fraction,
   per-channel mean, spread, histogram and edge energy over the foreground, correlation between
-  channels), as a Mahalanobis distance with a shrunk covariance (Ledoit-Wolf);
+  channels, saturation, the head's aspect and its reach to the frame's edge, sharpness and
+  high-frequency ratio along x and y (blur), the short-period ripple of the head's row and
+  column profiles (stripe and zipper artefacts), empty grey levels (a narrow band stretched)),
+  as a Mahalanobis distance with a shrunk correlation (each statistic standardized, then
+  Ledoit-Wolf). The reference states the intensity mapping its statistics were taken after
+  (``input_norm``, the model version's);
 - ``features``: what the classifier itself sees, its penultimate (global-pooled) features,
   projected on the training slices' leading principal components and whitened; the distance is
   the norm of the whitened projection (Mahalanobis in that subspace). Used when the engine
@@ -36,8 +41,17 @@ log = logging.getLogger(__name__)
 #: a pixel belongs to the head when any channel reaches this level (0..255 input)
 FOREGROUND_LEVEL = 10.0
 HIST_BINS = 8
-#: input statistics are computed on every k-th pixel, k = input size // STATS_SIZE (at least 1)
+#: the intensity statistics are computed on every k-th pixel, k = input size // STATS_SIZE (at
+#: least 1); the texture statistics (sharpness, high frequencies, stripes) at full resolution
+#: along the direction they measure (on every k-th line across it) and the level gaps on every
+#: pixel, since stripe artefacts live at the frequencies that subsampling would fold away
 STATS_SIZE = 64
+#: the stripe statistics measure ripples of at most this many pixels (model input)
+STRIPE_PERIOD = 8
+#: a foreground value at or above this level counts as saturated
+SATURATED_LEVEL = 250.0
+#: the smallest spread a statistic is standardized by (one that barely varies in training)
+MIN_SPREAD = 1e-3
 #: the features detector keeps at most this many principal components
 MAX_COMPONENTS = 32
 #: drift bound for the population stability index (0.25: a shift worth acting on)
@@ -53,18 +67,30 @@ INPUT_STAT_NAMES: tuple[str, ...] = (
     *(f"{c}_edge" for c in _CHANNELS),
     *(f"{c}_hist{b}" for c in _CHANNELS for b in range(HIST_BINS)),
     "corr_pre_flair", "corr_pre_post", "corr_flair_post",
+    "saturated",  # share of foreground values at SATURATED_LEVEL or above (largest channel)
+    "head_aspect",  # log of the head's spread across over its spread down the frame
+    "head_border",  # share of the frame's outer ring inside the head (a cropped study)
+    "sharpness_x", "sharpness_y",  # mean |first difference| / spread over the head (blur)
+    "highfreq_x", "highfreq_y",  # mean |second difference| / mean |first difference|
+    "stripe_x", "stripe_y",  # short-period ripple of the head's column / row profile
+    "level_gaps",  # share of empty grey levels between the 2nd and 98th percentiles
 )
 
 
 def input_statistics(x: np.ndarray) -> np.ndarray:
-    """N x D statistics (``INPUT_STAT_NAMES``) of model-input slices (N x S x S x 3, 0..255)."""
+    """N x D statistics (``INPUT_STAT_NAMES``) of model-input slices (N x S x S x 3, 0..255).
+
+    ``x`` is what the classifier takes: resized and intensity-mapped as the model version was
+    trained (``brain_tumor.scoring.engines.study_input`` at scoring, the normalized training
+    arrays at fit), so fit and scoring describe the same input.
+    """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"slices must be N x S x S x 3, received shape {x.shape}")
     step = max(1, min(x.shape[1], x.shape[2]) // STATS_SIZE)
-    x = x[:, ::step, ::step]  # every step-th pixel: the statistics hold, the cost drops
     out = np.zeros((x.shape[0], len(INPUT_STAT_NAMES)), np.float64)
-    for n, img in enumerate(x):
+    # every step-th pixel for the intensity statistics: they hold, the cost drops
+    for n, img in enumerate(x[:, ::step, ::step]):
         fg = img.max(axis=-1) >= FOREGROUND_LEVEL
         row: list[float] = [float(fg.mean())]
         vals = img[fg] if fg.any() else np.zeros((1, 3), np.float32)
@@ -79,8 +105,92 @@ def input_statistics(x: np.ndarray) -> np.ndarray:
             hist, _ = np.histogram(vals[:, c], bins=HIST_BINS, range=(0.0, 256.0))
             row += [float(v) for v in hist / max(1, len(vals))]
         row += _correlations(vals)
-        out[n] = row
+        row.append(float((vals >= SATURATED_LEVEL).mean(axis=0).max()))
+        row += _shape(fg)
+        out[n, :len(row)] = row
+    out[:, -7:] = _texture(x)  # the last seven names, sharpness_x .. level_gaps
     return out
+
+
+def _shape(fg: np.ndarray) -> list[float]:
+    """Head aspect (log spread across / down) and the share of the frame's outer ring in it."""
+    ys, xs = np.nonzero(fg)
+    aspect = (float(np.log((xs.std() + 1.0) / (ys.std() + 1.0))) if len(xs) > 1 else 0.0)
+    ring = np.concatenate([fg[0], fg[-1], fg[1:-1, 0], fg[1:-1, -1]])
+    return [aspect, float(ring.mean())]
+
+
+def _texture(x: np.ndarray) -> np.ndarray:
+    """N x 7: sharpness, high-frequency ratio and stripe ripple along x and y, and level gaps,
+    over each slice's head (zeros for a slice with fewer than 16 head pixels)."""
+    fg = x.max(axis=-1) >= FOREGROUND_LEVEL
+    gray = x.mean(axis=-1, dtype=np.float32)
+    step = max(1, min(x.shape[1], x.shape[2]) // STATS_SIZE)
+    sub, sub_fg = gray[:, ::step, ::step], fg[:, ::step, ::step]
+    count = sub_fg.sum(axis=(1, 2))
+    n = np.maximum(count, 1)
+    centre = (sub * sub_fg).sum(axis=(1, 2)) / n
+    spread = np.sqrt((((sub - centre[:, None, None]) ** 2) * sub_fg).sum(axis=(1, 2)) / n) + 1.0
+    sharp, high, stripe = [], [], []
+    # each direction at full resolution along it, on every step-th line across it
+    for axis in (2, 1):  # x (along rows), then y (along columns)
+        g, m = ((gray[:, ::step], fg[:, ::step]) if axis == 2 else
+                (gray[:, :, ::step].transpose(0, 2, 1), fg[:, :, ::step].transpose(0, 2, 1)))
+        m1 = m[:, :, 1:] & m[:, :, :-1]
+        d1 = ((np.abs(g[:, :, 1:] - g[:, :, :-1]) * m1).sum(axis=(1, 2))
+              / np.maximum(m1.sum(axis=(1, 2)), 1))
+        m2 = m[:, :, 2:] & m[:, :, :-2]
+        d2 = ((np.abs(g[:, :, 2:] - 2.0 * g[:, :, 1:-1] + g[:, :, :-2]) * m2).sum(axis=(1, 2))
+              / np.maximum(m2.sum(axis=(1, 2)), 1))
+        sharp.append(d1 / spread)
+        high.append(np.where(m2.any(axis=(1, 2)), d2 / (d1 + 1e-3), 0.0))
+        stripe.append([_stripe_ripple(g[k], m[k], float(spread[k])) for k in range(len(x))])
+    out = np.column_stack([*sharp, *high, *stripe, _level_gaps(x, fg)])
+    out[fg.sum(axis=(1, 2)) < 16] = 0.0
+    return out
+
+
+def _stripe_ripple(g: np.ndarray, m: np.ndarray, spread: float) -> float:
+    """Short-period (up to STRIPE_PERIOD pixels) ripple of the head's mean column profile, over
+    the head's spread: stripes add up along the profile, anatomy and noise average out."""
+    count = m.sum(axis=0)
+    cols = count >= max(2, 0.25 * count.max())
+    if cols.sum() < 2 * STRIPE_PERIOD:
+        return 0.0
+    profile = (g * m).sum(axis=0)[cols] / count[cols]
+    trend = np.convolve(profile, np.ones(STRIPE_PERIOD) / STRIPE_PERIOD, mode="valid")
+    start = (STRIPE_PERIOD - 1) // 2
+    ripple = profile[start:start + len(trend)] - trend
+    return float(np.sqrt(np.mean(ripple**2))) / spread
+
+
+def _level_gaps(x: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """N: share of grey levels between each channel's 2nd and 98th percentile over the head
+    that no value takes (a narrow band stretched to the full range leaves most levels empty);
+    channel mean."""
+    rows = np.broadcast_to(np.arange(len(x))[:, None, None], fg.shape)[fg] * 256
+    gaps = np.zeros((len(x), 3))
+    levels = np.arange(256)
+    for c in range(3):
+        values = np.clip(np.rint(x[..., c][fg]), 0, 255).astype(np.int64)
+        counts = np.bincount(rows + values, minlength=256 * len(x)).reshape(-1, 256)
+        cum = np.cumsum(counts, axis=1)
+        low, high = (_percentile_level(cum, q) for q in (0.02, 0.98))
+        inside = (levels >= low[:, None]) & (levels <= high[:, None])
+        empty = ((counts == 0) & inside).sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
+        gaps[:, c] = np.where(high - low >= 2, empty, 0.0)
+    return gaps.mean(axis=1)
+
+
+def _percentile_level(cum: np.ndarray, q: float) -> np.ndarray:
+    """Per row, the q-quantile (linear interpolation, truncated) of values whose cumulative
+    counts over the levels 0..255 are ``cum`` (N x 256); 0 for a row without values."""
+    total = cum[:, -1]
+    pos = q * np.maximum(total - 1, 0)
+    j = np.floor(pos)
+    low = (cum <= j[:, None]).sum(axis=1)
+    high = (cum <= np.minimum(j + 1, np.maximum(total - 1, 0))[:, None]).sum(axis=1)
+    return np.where(total > 0, (low + (pos - j) * (high - low)).astype(np.int64), 0)
 
 
 def _correlations(vals: np.ndarray) -> list[float]:
@@ -115,14 +225,18 @@ class Detector:
 
 
 def fit_input_detector(train_stats: np.ndarray) -> Detector:
-    """Mahalanobis distance on input statistics, covariance shrunk by Ledoit-Wolf."""
+    """Mahalanobis distance on input statistics: each statistic standardized on the training
+    slices (spread at least MIN_SPREAD), then their correlation shrunk by Ledoit-Wolf, so that
+    the shrinkage weighs statistics of small and large scale alike."""
     from sklearn.covariance import LedoitWolf
 
     train_stats = _at_least(train_stats, 2, "input statistics")
-    cov = LedoitWolf().fit(train_stats).covariance_
+    mean = train_stats.mean(axis=0)
+    scale = np.maximum(train_stats.std(axis=0), MIN_SPREAD)
+    cov = LedoitWolf().fit((train_stats - mean) / scale).covariance_
     vals, vecs = np.linalg.eigh(cov)
     vals = np.maximum(vals, 1e-9 * max(1.0, float(vals.max())))
-    return Detector("input", train_stats.mean(axis=0), vecs / np.sqrt(vals))
+    return Detector("input", mean, vecs / np.sqrt(vals) / scale[:, None])
 
 
 def fit_feature_detector(train_features: np.ndarray,
@@ -166,6 +280,9 @@ class Reference:
     study_share: float  # a study is flagged when this share of its slices is
     validation: dict[str, np.ndarray] = field(default_factory=dict)  # drift reference samples
     facts: dict[str, Any] = field(default_factory=dict)  # slices used, per split
+    #: the intensity mapping of the model input the input statistics were taken on (the model
+    #: version's ``intensity_norm``); None: a reference that does not state it
+    input_norm: str | None = None
 
     def detector(self, name: str) -> Detector | None:
         """The detector named ``name``, or None."""
@@ -179,6 +296,8 @@ class Reference:
             "slice_rate": np.array(self.slice_rate), "study_share": np.array(self.study_share),
             "facts": np.array(repr(sorted(self.facts.items()))),
         }
+        if self.input_norm is not None:
+            arrays["input_norm"] = np.array(self.input_norm)
         for d in self.detectors:
             arrays[f"{d.name}__mean"], arrays[f"{d.name}__whiten"] = d.mean, d.whiten
         for key, values in self.validation.items():
@@ -195,17 +314,28 @@ class Reference:
                          for n, b in zip(z["names"], z["bounds"], strict=True)]
             validation = {k.split("__", 1)[1]: z[k] for k in z.files
                           if k.startswith("validation__")}
-            return cls(detectors, float(z["slice_rate"]), float(z["study_share"]), validation)
+            norm = str(z["input_norm"]) if "input_norm" in z.files else None
+            return cls(detectors, float(z["slice_rate"]), float(z["study_share"]), validation,
+                       input_norm=norm)
+
+    def judges_inputs(self) -> bool:
+        """Whether its input detector describes this code's input statistics (``input_norm``
+        stated, one column per ``INPUT_STAT_NAMES``)."""
+        det = self.detector("input")
+        return (det is not None and self.input_norm is not None
+                and det.mean.shape[0] == len(INPUT_STAT_NAMES))
 
 
 def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *,
-                  slice_rate: float = 0.01, study_share: float = 0.5,
-                  validation_prob: np.ndarray | None = None) -> Reference:
+                  slice_rate: float = 0.01, study_share: float = 0.6,
+                  validation_prob: np.ndarray | None = None,
+                  input_norm: str | None = None) -> Reference:
     """Fit each detector on the training slices and bound it on the validation slices.
 
     ``train`` and ``validation`` map a detector ("input", optionally "features") to N x D
     values of that split's slices; ``validation_prob`` (the validation slices' tumor
-    probabilities) becomes the drift reference of predicted probabilities.
+    probabilities) becomes the drift reference of predicted probabilities; ``input_norm`` names
+    the intensity mapping of the model input the "input" statistics were taken on.
     """
     if not 0.0 < study_share <= 1.0:
         raise ValueError(f"study_share must be in (0, 1], received {study_share}")
@@ -226,7 +356,7 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
         drift[f"{name}_distance"] = _sample(det.distance(validation[name]) / det.bound)
     ref = Reference(detectors, slice_rate, study_share, drift,
                     {"train_slices": len(train["input"]),
-                     "validation_slices": len(validation["input"])})
+                     "validation_slices": len(validation["input"])}, input_norm=input_norm)
     ref.validation["study_score"] = _sample(np.max(
         [ref.validation[f"{d.name}_distance"] for d in detectors], axis=0))
     if validation_prob is not None:

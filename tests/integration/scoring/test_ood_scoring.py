@@ -83,6 +83,9 @@ def test_training_writes_the_reference_bounded_on_validation(trained):
     assert entry["validation_slices"] == record["val_slices"]
     assert len(reference.validation["probability"]) == record["val_slices"]
     assert 0 < entry["train_slices"] <= min(record["train_slices"], settings.ood_max_train_slices)
+    # the input statistics were taken on the model input as the version maps it
+    assert reference.input_norm == entry["input_norm"] == record["intensity_norm"]
+    assert reference.judges_inputs()
 
 
 def test_an_unseen_patient_of_the_training_data_is_not_flagged(env, test_patient_slices,
@@ -162,6 +165,29 @@ def test_reduced_sequences_are_judged_by_the_features_alone(env, test_patient_sl
 
     assert result is not None and fields["ood_note"] == score.REDUCED_NOTE
     assert all(r["statistic"] == "features_distance" for r in fields["ood_reasons"])
+
+
+def test_a_reference_with_other_input_statistics_leaves_the_features_to_decide(
+        env, test_patient_slices):
+    settings, store, version = env
+    model = load_model_version(store, settings, version)
+    pipeline = score.build_pipeline(store, settings, model)
+    current = pipeline.reference
+    det = current.detector("input")
+    older = ood.Reference([ood.Detector("input", det.mean[:40], det.whiten[:40, :40], det.bound),
+                           current.detector("features")], current.slice_rate,
+                          current.study_share, current.validation)
+    noise = foreign_slices("noise", test_patient_slices)
+    study = Study("older", noise, list(range(1, len(noise) + 1)),
+                  [f"s{i}" for i in range(len(noise))])
+
+    result, fields = score.ood_check(older, study, pipeline.engine.predict(noise),
+                                     model.image_size)
+
+    assert result is not None and "refit" in fields["ood_note"]
+    assert all(r["statistic"] == "features_distance" for r in fields["ood_reasons"])
+    checked, _ = score.ood_check(current, study, pipeline.engine.predict(noise), model.image_size)
+    assert checked.flagged and any(r["statistic"] == "input_distance" for r in checked.reasons)
 
 
 def test_a_version_without_reference_leaves_the_fields_null(env, test_patient_slices, tmp_path):

@@ -13,6 +13,7 @@ from brain_tumor.devtools.synth import make_slice
 from brain_tumor.ingest.imaging import resize_slice
 from brain_tumor.ml.inputs import ArrayDataset
 from brain_tumor.ml.models.classifier import build_classifier
+from brain_tumor.ml.normalize import VOLUME_PERCENTILE, normalize_by_study
 from brain_tumor.ml.ood_reference import (
     fit_training_reference,
     sample_rows,
@@ -90,6 +91,27 @@ def test_bounds_come_from_validation_slices_and_test_slices_never_count(classifi
     assert (tmp_path / "ood.npz").read_bytes() == reference.to_bytes()
     assert entry["bounds"].keys() == {"input", "features"}
     assert (entry["train_slices"], entry["validation_slices"]) == (30, 12)
+    assert entry["input_norm"] == SETTINGS.intensity_norm == reference.input_norm
+
+
+def test_both_detectors_look_at_the_normalized_model_input(classifier) -> None:
+    raw = _dataset(["train"] * 24 + ["val"] * 12)
+    model_input = replace(raw, images=normalize_by_study(raw.images, raw.patient_ids,
+                                                         VOLUME_PERCENTILE))
+    settings = SETTINGS.model_copy(update={"intensity_norm": VOLUME_PERCENTILE})
+    val_prob = np.linspace(0.0, 1.0, 12)
+
+    reference = fit_training_reference(raw, model_input, classifier, val_prob, settings)
+
+    train = raw.splits == "train"
+    det = reference.detector("input")
+    assert np.allclose(det.mean, ood.input_statistics(model_input.images[train]).mean(axis=0))
+    assert not np.allclose(det.mean, ood.input_statistics(raw.images[train]).mean(axis=0))
+    assert reference.input_norm == VOLUME_PERCENTILE and reference.judges_inputs()
+    # the raw images only have to hold the same rows: other values change nothing
+    noisy = replace(raw, images=np.zeros_like(raw.images))
+    again = fit_training_reference(noisy, model_input, classifier, val_prob, settings)
+    assert again.to_bytes() == reference.to_bytes()
 
 
 def test_mismatched_inputs_are_refused(classifier) -> None:

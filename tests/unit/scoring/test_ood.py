@@ -8,8 +8,9 @@ import pytest
 
 from brain_tumor.devtools.synth import make_slice
 from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
-from brain_tumor.ml.predict import to_model_input
+from brain_tumor.ml.normalize import NONE, VOLUME_PERCENTILE
 from brain_tumor.scoring import ood
+from brain_tumor.scoring.engines import study_input
 
 SIZE = 64
 
@@ -24,16 +25,27 @@ def study(seed: int, slices: int = 12) -> list[np.ndarray]:
     return out
 
 
-def stats(slices: list[np.ndarray]) -> np.ndarray:
-    return ood.input_statistics(to_model_input(slices, 32))
+def stats(slices: list[np.ndarray], norm: str = NONE) -> np.ndarray:
+    """Input statistics of a study's model input (resized to 32, mapped with ``norm``)."""
+    return ood.input_statistics(study_input(slices, 32, norm))
+
+
+def fitted(norm: str) -> ood.Reference:
+    """A reference on synthetic studies' model input mapped with ``norm``."""
+    train = np.concatenate([stats(study(s), norm) for s in range(20)])
+    val = np.concatenate([stats(study(s), norm) for s in range(100, 120)])
+    return ood.fit_reference({"input": train}, {"input": val}, slice_rate=0.01,
+                             validation_prob=np.linspace(0, 1, len(val)), input_norm=norm)
 
 
 @pytest.fixture(scope="module")
 def reference() -> ood.Reference:
-    train = np.concatenate([stats(study(s)) for s in range(20)])
-    val = np.concatenate([stats(study(s)) for s in range(100, 110)])
-    return ood.fit_reference({"input": train}, {"input": val}, slice_rate=0.01,
-                             validation_prob=np.linspace(0, 1, len(val)))
+    return fitted(NONE)
+
+
+@pytest.fixture(scope="module")
+def normalized_reference() -> ood.Reference:
+    return fitted(VOLUME_PERCENTILE)
 
 
 def test_statistics_have_one_column_per_name() -> None:
@@ -46,7 +58,7 @@ def test_statistics_have_one_column_per_name() -> None:
 
 def test_bound_is_the_validation_quantile(reference: ood.Reference) -> None:
     det = reference.detector("input")
-    val = np.concatenate([stats(study(s)) for s in range(100, 110)])
+    val = np.concatenate([stats(study(s)) for s in range(100, 120)])
     dist = det.distance(val)
     assert det.bound == pytest.approx(np.quantile(dist, 0.99))
     assert np.sum(dist > det.bound) <= np.ceil(0.01 * len(dist))
@@ -63,6 +75,95 @@ def test_each_foreign_kind_is_flagged(reference: ood.Reference, kind: str) -> No
         assert result.slice_flag.mean() >= 0.95
         reason = result.reasons[0]
         assert reason["statistic"] == "input_distance" and reason["value"] > reason["bound"]
+
+
+@pytest.mark.parametrize("kind", FOREIGN_KINDS)
+def test_each_foreign_kind_is_flagged_after_normalization(normalized_reference: ood.Reference,
+                                                          kind: str) -> None:
+    for seed in range(3):
+        values = stats(foreign_slices(kind, study(200 + seed)), VOLUME_PERCENTILE)
+        result = ood.check(normalized_reference, {"input": values})
+        assert result.flagged, (kind, result.reasons, result.slice_score)
+        assert result.slice_flag.mean() >= 0.95
+
+
+def _saturated(slices: list[np.ndarray]) -> list[np.ndarray]:
+    """A window far too narrow: the head's values (above a low level) saturated at 255."""
+    out = []
+    for img in slices:
+        head = img.max(axis=-1, keepdims=True) >= 10
+        out.append(np.where(head, np.clip(img.astype(np.int32) * 6, 0, 255), img)
+                   .astype(np.uint8))
+    return out
+
+
+def _dark_band(slices: list[np.ndarray]) -> list[np.ndarray]:
+    """A window far too wide: the head's values squeezed into a narrow dark band (10..30)."""
+    return [np.where(img > 0, 10 + img // 13, 0).astype(np.uint8) for img in slices]
+
+
+@pytest.mark.parametrize("norm", [NONE, VOLUME_PERCENTILE])
+@pytest.mark.parametrize("window", [_saturated, _dark_band])
+def test_grossly_mis_windowed_studies_are_flagged(reference: ood.Reference,
+                                                  normalized_reference: ood.Reference,
+                                                  norm: str, window) -> None:
+    ref = normalized_reference if norm == VOLUME_PERCENTILE else reference
+    for seed in range(3):
+        odd = window(study(400 + seed))
+        result = ood.check(ref, {"input": stats(odd, norm)})
+        assert result.flagged, (window.__name__, norm, result.slice_score)
+        assert result.slice_flag.mean() >= 0.95
+
+
+def test_normalized_in_distribution_studies_are_not_flagged(
+        normalized_reference: ood.Reference) -> None:
+    results = [ood.check(normalized_reference, {"input": stats(study(300 + s),
+                                                               VOLUME_PERCENTILE)})
+               for s in range(8)]
+    assert not any(r.flagged for r in results)
+    assert np.mean(np.concatenate([r.slice_flag for r in results])) <= 0.05
+
+
+def test_texture_statistics_see_stripes_blur_and_turns() -> None:
+    base = stats(study(9, 4))
+    column = {n: i for i, n in enumerate(ood.INPUT_STAT_NAMES)}
+    striped = stats(foreign_slices("artefact", study(9, 4)))
+    assert np.all(striped[:, column["highfreq_x"]] > base[:, column["highfreq_x"]])
+    assert np.all(striped[:, column["stripe_x"]] > base[:, column["stripe_x"]])
+    blurred = stats(foreign_slices("blur", study(9, 4)))
+    assert np.all(blurred[:, column["sharpness_x"]] < 0.6 * base[:, column["sharpness_x"]])
+    turned = stats(foreign_slices("rotated", study(9, 4)))
+    # the synthetic head is wider than tall; turned, it is taller than wide
+    assert np.all(base[:, column["head_aspect"]] > 0)
+    assert np.all(turned[:, column["head_aspect"]] < 0)
+    cropped = stats(foreign_slices("cropped", study(9, 4)))
+    assert np.all(cropped[:, column["head_border"]] > base[:, column["head_border"]])
+
+
+def test_foreign_kinds_keep_the_slice_shape_and_zero_one_channel() -> None:
+    rng = np.random.default_rng(3)
+    wide = [make_slice(rng, 48, None)[0][:, :] for _ in range(2)]
+    wide = [np.ascontiguousarray(np.pad(img, ((0, 0), (8, 8), (0, 0)))) for img in wide]
+    for kind in FOREIGN_KINDS:
+        out = foreign_slices(kind, wide, seed=1)
+        assert [o.shape for o in out] == [w.shape for w in wide], kind
+        assert all(o.dtype == np.uint8 for o in out), kind
+    zeroed = np.stack(foreign_slices("channel_zeroed", wide, seed=1))
+    empty = [c for c in range(3) if not zeroed[..., c].any()]
+    assert len(empty) == 1
+    kept = [c for c in range(3) if c not in empty]
+    assert np.array_equal(zeroed[..., kept], np.stack(wide)[..., kept])
+    with pytest.raises(ValueError, match="received 'mri'"):
+        foreign_slices("mri", wide)
+
+
+def test_the_reference_states_the_input_mapping(normalized_reference: ood.Reference) -> None:
+    back = ood.Reference.from_bytes(normalized_reference.to_bytes())
+    assert back.input_norm == VOLUME_PERCENTILE and back.judges_inputs()
+    det = normalized_reference.detector("input")
+    older = ood.Reference([ood.Detector("input", det.mean[:40], det.whiten[:40, :40], 1.0)],
+                          0.01, 0.5)
+    assert not ood.Reference.from_bytes(older.to_bytes()).judges_inputs()
 
 
 def test_in_distribution_studies_are_not_flagged(reference: ood.Reference) -> None:

@@ -1,0 +1,237 @@
+"""Choosing the out-of-distribution check's settings on non-test data only.
+
+  python bench/ood_design.py DATA --model-version M [--home DIR] [--engine auto|onnx|keras]
+      [--folds 5] [--values FILE] [--json OUT]
+
+DATA, --home and --model-version as for ``bench/ood.py``. Only the model version's **train**
+and **validation** patients are unpacked, read and scored; its test patients never are (they
+are not even taken out of the archive). Each study goes through the engine (features) and the
+current input statistics on the model's actual input (``bench/ood.py::patient_values``).
+
+- **False flags by cross-fitting**: the training patients are dealt into ``--folds`` folds;
+  for each fold, a reference is fitted on the other folds' slices (as training fits it,
+  ``ood_max_train_slices`` sampled with ``train_seed``) and bounded on the validation patients'
+  slices, and the held-out fold's patients are checked. Every training patient is held out once,
+  so each is judged by a reference that never saw it, as a new patient would be.
+- **Foreign studies**: the reference fitted on all training patients (bounded on validation)
+  checks each kind of ``brain_tumor.devtools.synth_foreign`` made from each validation patient.
+
+Both for every pair of ``ood_slice_rate`` (the share of validation slices over each bound) and
+``ood_study_share`` (the share of a study's slices that flags it) in the grid below. The choice
+(``chosen``): among pairs that meet the in-distribution goals on the held-out patients (at most
+1 / 12 of them flagged, at most 5 % of their slices), the one that catches the most foreign
+studies; ties go to the fewest held-out patients flagged, then the larger slice rate, then the
+smaller study share (the more sensitive). ``foreign_goal_met`` names the kinds caught in at least
+95 % of studies at the choice. Cost: the statistics' time against the engine's.
+
+``--values FILE`` keeps the per-study statistics, features and probabilities (train,
+validation, foreign) in FILE (outside the repository: they are derived from the data) and reads
+them from there when it exists, so the fitting and choosing can be re-run without the engine;
+delete it when the statistics change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ood import patient_values, read_values, refit_reference, split_patients, unpack_patients
+from quality import PROFILES, _server, _settings, emit, machine, start_logging
+
+SLICE_RATES = (0.002, 0.005, 0.01, 0.02, 0.05)
+STUDY_SHARES = (0.3, 0.4, 0.5, 0.6, 0.75)
+#: in-distribution goals (per patient, per slice) and the foreign goal the choice is held to
+PATIENT_GOAL, SLICE_GOAL, FOREIGN_GOAL = 1 / 12, 0.05, 0.95
+
+
+def folds_of(patients: list[str], folds: int, seed: int) -> list[list[str]]:
+    """Patients dealt into folds after a seeded shuffle."""
+    order = list(np.random.default_rng(seed).permutation(len(patients)))
+    return [[patients[i] for i in order[k::folds]] for k in range(folds)]
+
+
+def flags(reference: Any, values: list[dict], slice_rate: float, study_share: float,
+          validation: dict[str, np.ndarray]) -> list[tuple[bool, np.ndarray]]:
+    """(study flagged, slice flags) of each study under bounds at slice_rate and study_share."""
+    from brain_tumor.scoring import ood
+
+    for det in reference.detectors:
+        ood.set_bound(det, validation[det.name], slice_rate)
+    reference.study_share = study_share
+    out = []
+    for v in values:
+        result = ood.check(reference, {k: v[k] for k in ("input", "features")})
+        out.append((result.flagged, result.slice_flag))
+    return out
+
+
+FIELDS = ("input", "features", "prob", "predict_s", "stats_s")
+
+
+def save_values(path: Path, groups: dict[str, list[dict]]) -> None:
+    """Write each group's per-study values to one ``.npz``."""
+    arrays: dict[str, np.ndarray] = {}
+    for group, values in groups.items():
+        arrays[f"{group}__count"] = np.array(len(values))
+        for i, v in enumerate(values):
+            arrays[f"{group}__{i}__patient"] = np.array(v.get("patient", ""))
+            for key in FIELDS:
+                arrays[f"{group}__{i}__{key}"] = np.asarray(v[key])
+    np.savez_compressed(path, **arrays)
+
+
+def load_values(path: Path) -> dict[str, list[dict]]:
+    """The groups written by ``save_values``."""
+    with np.load(path, allow_pickle=False) as z:
+        groups = sorted({k.split("__", 1)[0] for k in z.files})
+        return {g: [{"patient": str(z[f"{g}__{i}__patient"]),
+                     **{key: (z[f"{g}__{i}__{key}"] if z[f"{g}__{i}__{key}"].ndim
+                              else float(z[f"{g}__{i}__{key}"])) for key in FIELDS}}
+                    for i in range(int(z[f"{g}__count"]))] for g in groups}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The design bench (see the module docstring)."""
+    from brain_tumor import steps
+    from brain_tumor.devtools.synth_dicom import tiff_slices
+    from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
+    from brain_tumor.ml.normalize import record_method
+    from brain_tumor.scoring.engines import load_engine
+    from brain_tumor.store.modelstore import ModelStore
+
+    home = Path(args.home).resolve()
+    server = _server(home)
+    server.start()
+    try:
+        settings = _settings(server, home, dict(PROFILES["cpu"])).model_copy(
+            update={"engine": args.engine})
+        store = steps.open_store(settings)
+        record = ModelStore(store, settings).record(args.model_version)
+        engine = load_engine(store, settings, args.model_version)
+        size, norm = int(record["image_size"]), record_method(record)
+        train_ids = split_patients(store, settings, record, "train")
+        val_ids = split_patients(store, settings, record, "val")
+        test_ids = set(split_patients(store, settings, record, "test"))
+        if test_ids & set(train_ids + val_ids):
+            raise SystemExit("the split puts a patient in test and in train or validation")
+        cache = Path(args.values) if args.values else None
+        if cache is not None and cache.exists():
+            kept = load_values(cache)
+            train, val = kept.pop("train"), kept.pop("validation")
+            foreign = {kind: kept[kind] for kind in FOREIGN_KINDS}
+            if [v["patient"] for v in train + val] != train_ids + val_ids:
+                raise SystemExit(f"{cache} holds other patients than this model version's")
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-ood-design-") as tmp:
+                root = unpack_patients(Path(args.data), Path(tmp), train_ids + val_ids)
+                train = read_values(engine, root, train_ids, size, norm, "train")
+                val = read_values(engine, root, val_ids, size, norm, "validation")
+                foreign = {k: [] for k in FOREIGN_KINDS}
+                for n, v in enumerate(val, 1):
+                    images = tiff_slices(root / v["patient"])
+                    for kind in FOREIGN_KINDS:
+                        foreign[kind].append(patient_values(
+                            engine, foreign_slices(kind, images, seed=n), size, norm))
+                    logging.info("foreign kinds %d/%d made from %s", n, len(val), v["patient"])
+            if cache is not None:
+                save_values(cache, {"train": train, "validation": val, **foreign})
+    finally:
+        server.stop()
+    validation = {k: np.concatenate([v[k] for v in val]) for k in ("input", "features")}
+    by_patient = {v["patient"]: v for v in train}
+    folds = folds_of(train_ids, args.folds, settings.train_seed)
+    held: dict[tuple[float, float], list[tuple[bool, np.ndarray]]] = {}
+    fold_refs = []
+    for k, fold in enumerate(folds):
+        fit_on = [by_patient[p] for f, other in enumerate(folds) if f != k for p in other]
+        ref = refit_reference(fit_on, val, settings, norm, 0.01, 0.5)
+        fold_refs.append(ref)
+        for rate in SLICE_RATES:
+            for share in STUDY_SHARES:
+                held.setdefault((rate, share), []).extend(
+                    flags(ref, [by_patient[p] for p in fold], rate, share, validation))
+    full = refit_reference(train, val, settings, norm, 0.01, 0.5)
+    grid = []
+    for rate in SLICE_RATES:
+        for share in STUDY_SHARES:
+            outcome = held[(rate, share)]
+            slices = np.concatenate([f for _, f in outcome])
+            caught = {kind: float(np.mean([f for f, _ in flags(full, vals, rate, share,
+                                                               validation)]))
+                      for kind, vals in foreign.items()}
+            grid.append({"slice_rate": rate, "study_share": share,
+                         "heldout_patients_flagged": int(sum(f for f, _ in outcome)),
+                         "heldout_patient_share": sum(f for f, _ in outcome) / len(outcome),
+                         "heldout_slice_share": float(slices.mean()),
+                         "foreign_caught": caught, "foreign_min": min(caught.values())})
+    ok = [g for g in grid if g["heldout_patient_share"] <= PATIENT_GOAL
+          and g["heldout_slice_share"] <= SLICE_GOAL]
+    chosen = min(ok, key=lambda g: (-sum(g["foreign_caught"].values()),
+                                    g["heldout_patients_flagged"], -g["slice_rate"],
+                                    g["study_share"]), default=None)
+    per_patient = _per_patient(folds, by_patient, fold_refs, validation, chosen)
+    predict_s = sum(v["predict_s"] for v in train + val)
+    stats_s = sum(v["stats_s"] for v in train + val)
+    return {
+        "machine": machine(), "model_version": args.model_version, "engine": args.engine,
+        "input_norm": norm, "train_patients": len(train), "validation_patients": len(val),
+        "train_slices": int(sum(len(v["prob"]) for v in train)),
+        "validation_slices": int(len(validation["input"])), "folds": args.folds,
+        "test_patients_read": 0, "goals": {"patient_share": PATIENT_GOAL,
+                                           "slice_share": SLICE_GOAL,
+                                           "foreign_caught": FOREIGN_GOAL},
+        "chosen": None if chosen is None else {
+            "slice_rate": chosen["slice_rate"], "study_share": chosen["study_share"],
+            "foreign_goal_met": {k: v >= FOREIGN_GOAL
+                                 for k, v in chosen["foreign_caught"].items()}},
+        "grid": grid, "heldout_patients_at_choice": per_patient,
+        "stats_s": round(stats_s, 3), "predict_s": round(predict_s, 3),
+        "stats_share_of_model_time": round(stats_s / predict_s, 4),
+    }
+
+
+def _per_patient(folds: list[list[str]], by_patient: dict, refs: list, validation: dict,
+                 chosen: dict | None) -> list[dict]:
+    """Each held-out training patient's slices over a bound and flag at the chosen pair."""
+    if chosen is None:
+        return []
+    out = []
+    for fold, ref in zip(folds, refs, strict=True):
+        values = [by_patient[p] for p in fold]
+        for p, (flag, sl) in zip(fold, flags(ref, values, chosen["slice_rate"],
+                                             chosen["study_share"], validation), strict=True):
+            out.append({"patient": p, "slices": len(sl), "slices_flagged": int(sl.sum()),
+                        "flagged": bool(flag)})
+    return sorted(out, key=lambda r: -r["slices_flagged"] / r["slices"])
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="LGG archive or unpacked kaggle_3m folder")
+    parser.add_argument("--model-version", required=True)
+    parser.add_argument("--home", default="bench/results/quality-home",
+                        help="server data of bench/quality.py run")
+    parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--values", help="keep (or read) the per-study values in this .npz")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2, received {args.folds}")
+    start_logging()
+    clock = time.perf_counter()
+    result = run(args)
+    result["wall_s"] = round(time.perf_counter() - clock, 1)
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
