@@ -10,10 +10,11 @@ version with its reference, ``ood.npz``, fitted on the training patients and bou
 validation patients at training time). Nothing here chooses anything: the bounds are the model
 version's. ``--refit`` instead fits the reference with the current code in memory, as training
 would (``ood_max_train_slices`` of the training patients' slices sampled with ``train_seed``,
-bounds at ``ood_slice_rate`` on the validation patients, ``ood_study_share``, the model version's
-``intensity_norm``), from the model version's train and validation patients read from DATA and
-passed through the engine: for a version whose stored ``ood.npz`` the current statistics do not
-match. Only the patients each phase needs are unpacked.
+bounds at ``ood_slice_rate`` on the validation patients, ``ood_study_share``, the study detector
+on every training slice by patient bounded at ``ood_study_rate`` on out-of-fold training and
+validation patients, the model version's ``intensity_norm``), from the model version's train
+and validation patients read from DATA and passed through the engine: for a version whose stored
+``ood.npz`` the current statistics do not match. Only the patients each phase needs are unpacked.
 
 For each **test** patient of the model's dataset version (never used by the reference), the
 study's slices go through the engine and ``brain_tumor.scoring.study.ood_check``, exactly as
@@ -94,8 +95,9 @@ def patient_values(engine: Any, images: list[np.ndarray], size: int, norm: str) 
 
 
 def refit_reference(train: list[dict], validation: list[dict], settings: Any, norm: str,
-                    slice_rate: float, study_share: float) -> Any:
-    """A reference fitted as training fits it: sampled training slices, validation bounds."""
+                    slice_rate: float, study_share: float, study_rate: float) -> Any:
+    """A reference fitted as training fits it: sampled training slices, validation bounds, the
+    study detector on every training slice by patient (``study_rate``, folds by ``train_seed``)."""
     from brain_tumor.ml.ood_reference import sample_rows
     from brain_tumor.scoring import ood
 
@@ -105,7 +107,16 @@ def refit_reference(train: list[dict], validation: list[dict], settings: Any, no
     bound = {k: np.concatenate([v[k] for v in validation]) for k in ("input", "features")}
     return ood.fit_reference(fit, bound, slice_rate=slice_rate, study_share=study_share,
                              validation_prob=np.concatenate([v["prob"] for v in validation]),
-                             input_norm=norm)
+                             input_norm=norm, study_rate=study_rate,
+                             train_patients=_patient_rows(train),
+                             validation_patients=_patient_rows(validation),
+                             study_train=np.concatenate([v["input"] for v in train]),
+                             seed=settings.train_seed)
+
+
+def _patient_rows(values: list[dict]) -> np.ndarray:
+    """The patient id of each slice of the studies' values, in their order."""
+    return np.concatenate([[v["patient"]] * len(v["input"]) for v in values])
 
 
 def split_patients(store: Any, settings: Any, record: dict, split_name: str) -> list[str]:
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     from brain_tumor.devtools.synth_dicom import tiff_slices
     from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
     from brain_tumor.ml.normalize import record_method
-    from brain_tumor.ml.ood_reference import load_reference
+    from brain_tumor.ml.ood_reference import load_reference, reference_bounds
     from brain_tumor.scoring.contracts import Study
     from brain_tumor.scoring.engines import load_engine
     from brain_tumor.scoring.study import ood_check
@@ -159,7 +170,8 @@ def run(args: argparse.Namespace) -> dict:
                 reference = refit_reference(
                     read_values(engine, root, fit_ids["train"], size, norm, "fit train"),
                     read_values(engine, root, fit_ids["val"], size, norm, "fit validation"),
-                    settings, norm, settings.ood_slice_rate, settings.ood_study_share)
+                    settings, norm, settings.ood_slice_rate, settings.ood_study_share,
+                    settings.ood_study_rate)
         else:
             reference = load_reference(store, settings, record)
         if reference is None:
@@ -180,9 +192,14 @@ def run(args: argparse.Namespace) -> dict:
                 result, _ = ood_check(reference, study, raw, size)
                 check_s += time.perf_counter() - clock
                 slice_flags.append(result.slice_flag)
-                per_patient.append({"patient": pid, "slices": len(images),
-                                    "flagged": result.flagged, "score": round(result.score, 3),
-                                    "slices_flagged": int(result.slice_flag.sum())})
+                per_patient.append({
+                    "patient": pid, "slices": len(images), "flagged": result.flagged,
+                    "score": round(result.score, 3),
+                    "slices_flagged": int(result.slice_flag.sum()),
+                    "study_distance": (None if result.study_distance is None
+                                       else round(result.study_distance, 3)),
+                    "by_study_distance": any(r["statistic"] == "study_distance"
+                                             for r in result.reasons)})
                 for kind in FOREIGN_KINDS:
                     odd = foreign_slices(kind, images, seed=n)
                     odd_study = Study(f"{pid}-{kind}", odd, study.slice_index, study.source)
@@ -198,8 +215,11 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(), "model_version": args.model_version, "engine": args.engine,
         "reference": "refitted by this run" if args.refit else "the model version's ood.npz",
         "input_norm": reference.input_norm,
-        "bounds": {d.name: d.bound for d in reference.detectors},
+        "bounds": reference_bounds(reference),
         "slice_rate": reference.slice_rate, "study_share": reference.study_share,
+        "study_rate": reference.study_rate,
+        "test_patients_flagged_by_study_distance": sum(p["by_study_distance"]
+                                                       for p in per_patient),
         "test_patients": len(test_ids),
         "test_patients_flagged": sum(p["flagged"] for p in per_patient),
         "test_slices": total, "test_slices_flagged": k,

@@ -15,14 +15,23 @@ current input statistics on the model's actual input (``bench/ood.py::patient_va
   so each is judged by a reference that never saw it, as a new patient would be.
 - **Foreign studies**: the reference fitted on all training patients (bounded on validation)
   checks each kind of ``brain_tumor.devtools.synth_foreign`` made from each validation patient.
+- **Study detector** (``ood_study_rate``): each fold's reference also holds a study detector
+  fitted on the other folds' patients and bounded on *their* out-of-fold distances (folds
+  within them) and the validation patients', so a held-out patient is outside both its fit
+  and its bound (a nested cross-fit); the full reference's catches the foreign studies.
 
-Both for every pair of ``ood_slice_rate`` (the share of validation slices over each bound) and
-``ood_study_share`` (the share of a study's slices that flags it) in the grid below. The choice
-(``chosen``): among pairs that meet the in-distribution goals on the held-out patients (at most
-1 / 12 of them flagged, at most 5 % of their slices), the one that catches the most foreign
+The slice rules for every pair of ``ood_slice_rate`` (the share of validation slices over each
+bound) and ``ood_study_share`` (the share of a study's slices that flags it) in the grid below. The
+choice (``chosen``): among pairs that meet the in-distribution goals on the held-out patients (at
+most 1 / 12 of them flagged, at most 5% of their slices), the one that catches the most foreign
 studies; ties go to the fewest held-out patients flagged, then the larger slice rate, then the
 smaller study share (the more sensitive). ``foreign_goal_met`` names the kinds caught in at least
-95 % of studies at the choice. Cost: the statistics' time against the engine's.
+95% of studies at the choice. Then, at that pair, each ``ood_study_rate`` of ``STUDY_RATES`` with
+the study detector added (``study_grid``): among rates that keep the held-out patients flagged (by
+either rule) within the patient goal, the one that catches the most foreign studies; ties go to the
+fewest held-out patients flagged, then the smaller rate (``study_chosen``).
+``study_distances``: each group's study distance over its bound at rate 0.05. Cost: the
+statistics' time against the engine's.
 
 ``--values FILE`` keeps the per-study statistics, features and probabilities (train,
 validation, foreign) in FILE (outside the repository: they are derived from the data) and reads
@@ -45,6 +54,8 @@ from quality import PROFILES, _server, _settings, emit, machine, start_logging
 
 SLICE_RATES = (0.002, 0.005, 0.01, 0.02, 0.05)
 STUDY_SHARES = (0.3, 0.4, 0.5, 0.6, 0.75)
+#: ``ood_study_rate``: share of held-out in-distribution studies over the study bound
+STUDY_RATES = (0.01, 0.02, 0.03, 0.05, 0.08, 0.1)
 #: in-distribution goals (per patient, per slice) and the foreign goal the choice is held to
 PATIENT_GOAL, SLICE_GOAL, FOREIGN_GOAL = 1 / 12, 0.05, 0.95
 
@@ -56,18 +67,29 @@ def folds_of(patients: list[str], folds: int, seed: int) -> list[list[str]]:
 
 
 def flags(reference: Any, values: list[dict], slice_rate: float, study_share: float,
-          validation: dict[str, np.ndarray]) -> list[tuple[bool, np.ndarray]]:
-    """(study flagged, slice flags) of each study under bounds at slice_rate and study_share."""
+          validation: dict[str, np.ndarray],
+          study_rate: float | None = None) -> list[tuple[bool, np.ndarray]]:
+    """(study flagged, slice flags) of each study under bounds at slice_rate and study_share,
+    and the study detector's bound at study_rate (None: the slice rules alone)."""
+    return [(r.flagged, r.slice_flag) for r in results(reference, values, slice_rate,
+                                                        study_share, validation, study_rate)]
+
+
+def results(reference: Any, values: list[dict], slice_rate: float, study_share: float,
+            validation: dict[str, np.ndarray], study_rate: float | None) -> list[Any]:
+    """``ood.check`` of each study under these bounds (see ``flags``)."""
+    from dataclasses import replace
+
     from brain_tumor.scoring import ood
 
     for det in reference.detectors:
         ood.set_bound(det, validation[det.name], slice_rate)
     reference.study_share = study_share
-    out = []
-    for v in values:
-        result = ood.check(reference, {k: v[k] for k in ("input", "features")})
-        out.append((result.flagged, result.slice_flag))
-    return out
+    if study_rate is None:
+        reference = replace(reference, study=None)
+    else:
+        reference.set_study_rate(study_rate)
+    return [ood.check(reference, {k: v[k] for k in ("input", "features")}) for v in values]
 
 
 FIELDS = ("input", "features", "prob", "predict_s", "stats_s")
@@ -149,13 +171,13 @@ def run(args: argparse.Namespace) -> dict:
     fold_refs = []
     for k, fold in enumerate(folds):
         fit_on = [by_patient[p] for f, other in enumerate(folds) if f != k for p in other]
-        ref = refit_reference(fit_on, val, settings, norm, 0.01, 0.5)
+        ref = refit_reference(fit_on, val, settings, norm, 0.01, 0.5, 0.05)
         fold_refs.append(ref)
         for rate in SLICE_RATES:
             for share in STUDY_SHARES:
                 held.setdefault((rate, share), []).extend(
                     flags(ref, [by_patient[p] for p in fold], rate, share, validation))
-    full = refit_reference(train, val, settings, norm, 0.01, 0.5)
+    full = refit_reference(train, val, settings, norm, 0.01, 0.5, 0.05)
     grid = []
     for rate in SLICE_RATES:
         for share in STUDY_SHARES:
@@ -175,6 +197,11 @@ def run(args: argparse.Namespace) -> dict:
                                     g["heldout_patients_flagged"], -g["slice_rate"],
                                     g["study_share"]), default=None)
     per_patient = _per_patient(folds, by_patient, fold_refs, validation, chosen)
+    study_grid = _study_grid(folds, by_patient, fold_refs, full, foreign, validation, chosen)
+    study_ok = [g for g in study_grid if g["heldout_patient_share"] <= PATIENT_GOAL]
+    study_chosen = min(study_ok, key=lambda g: (-sum(g["foreign_caught"].values()),
+                                                g["heldout_patients_flagged"], g["study_rate"]),
+                       default=None)
     predict_s = sum(v["predict_s"] for v in train + val)
     stats_s = sum(v["stats_s"] for v in train + val)
     return {
@@ -190,6 +217,12 @@ def run(args: argparse.Namespace) -> dict:
             "foreign_goal_met": {k: v >= FOREIGN_GOAL
                                  for k, v in chosen["foreign_caught"].items()}},
         "grid": grid, "heldout_patients_at_choice": per_patient,
+        "study_chosen": None if study_chosen is None else {
+            "study_rate": study_chosen["study_rate"],
+            "foreign_goal_met": {k: v >= FOREIGN_GOAL
+                                 for k, v in study_chosen["foreign_caught"].items()}},
+        "study_grid": study_grid,
+        "study_distances": _study_distances(folds, by_patient, fold_refs, full, val, foreign),
         "stats_s": round(stats_s, 3), "predict_s": round(predict_s, 3),
         "stats_share_of_model_time": round(stats_s / predict_s, 4),
     }
@@ -208,6 +241,53 @@ def _per_patient(folds: list[list[str]], by_patient: dict, refs: list, validatio
             out.append({"patient": p, "slices": len(sl), "slices_flagged": int(sl.sum()),
                         "flagged": bool(flag)})
     return sorted(out, key=lambda r: -r["slices_flagged"] / r["slices"])
+
+
+def _study_grid(folds: list[list[str]], by_patient: dict, refs: list, full: Any,
+                foreign: dict[str, list[dict]], validation: dict,
+                chosen: dict | None) -> list[dict]:
+    """At the chosen slice pair, for each study rate: held-out training patients flagged (each
+    fold's study detector fitted and bounded without that fold: its bound from the other folds'
+    out-of-fold distances and the validation patients'), by the study distance alone and with
+    the slice rules, and the foreign studies caught by the reference fitted on all training
+    patients."""
+    if chosen is None:
+        return []
+    pair = (chosen["slice_rate"], chosen["study_share"])
+    out = []
+    for rate in STUDY_RATES:
+        held = [r for fold, ref in zip(folds, refs, strict=True)
+                for r in results(ref, [by_patient[p] for p in fold], *pair, validation, rate)]
+        by_study = [any(x["statistic"] == "study_distance" for x in r.reasons) for r in held]
+        caught = {kind: float(np.mean([r.flagged for r in results(full, vals, *pair,
+                                                                   validation, rate)]))
+                  for kind, vals in foreign.items()}
+        out.append({"study_rate": rate, "bound_all_training": round(float(full.study.bound), 3),
+                    "heldout_patients_flagged": int(sum(r.flagged for r in held)),
+                    "heldout_patients_flagged_by_study_distance": int(sum(by_study)),
+                    "heldout_patient_share": float(np.mean([r.flagged for r in held])),
+                    "foreign_caught": caught, "foreign_min": min(caught.values())})
+    return out
+
+
+def _study_distances(folds: list[list[str]], by_patient: dict, refs: list, full: Any,
+                     val: list[dict], foreign: dict[str, list[dict]]) -> dict:
+    """Range of the study distance: held-out training patients (from their fold's detector, as
+    a share of its bound at ood_study_rate 0.05), validation and foreign studies (the full
+    reference, the same share)."""
+    from brain_tumor.scoring import ood
+
+    def share(ref: Any, values: list[dict]) -> list[float]:
+        ref.set_study_rate(0.05)
+        return [float(ref.study.distance(ood.study_summary(v["input"])[None])[0] / ref.study.bound)
+                for v in values]
+
+    held = [x for fold, ref in zip(folds, refs, strict=True)
+            for x in share(ref, [by_patient[p] for p in fold])]
+    groups = {"heldout_training": held, "validation": share(full, val),
+              **{kind: share(full, vals) for kind, vals in foreign.items()}}
+    return {k: {"min": round(min(v), 3), "median": round(float(np.median(v)), 3),
+                "max": round(max(v), 3)} for k, v in groups.items()}
 
 
 def main() -> int:

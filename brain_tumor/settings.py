@@ -176,6 +176,11 @@ class Settings(BaseModel):
     ood_study_share: float = Field(
         0.6, gt=0, le=1, description="A study is flagged out of distribution when this share "
                                      "of its slices is over a bound (see ood_slice_rate).")
+    ood_study_rate: float = Field(
+        0.05, gt=0, lt=1, description="Share of held-out in-distribution studies (training "
+                                      "patients out of fold, validation patients) allowed over "
+                                      "the study detector's bound (its quantile); chosen by "
+                                      "bench/ood_design.py, never on test patients.")
 
     # --- where training runs (retraining DAG) ---
     trainer: Literal["local", "docker"] = Field(

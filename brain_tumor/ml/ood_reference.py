@@ -1,8 +1,11 @@
 """The out-of-distribution reference of a model version, fitted when it is trained.
 
-Training slices (at most ``ood_max_train_slices``, sampled with ``train_seed``) give each
+Training slices (at most ``ood_max_train_slices``, sampled with ``train_seed``) give each slice
 detector its centre and spread; the validation slices give its bound (``ood_slice_rate``) and
-the drift references. Test slices never reach the fit: the rows are picked by split here.
+the drift references. The study detector is fitted on every training slice's input statistics,
+one point per patient, and bounded (``ood_study_rate``) on the training patients' out-of-fold
+distances (folds dealt with ``train_seed``) and the validation patients'. Test slices never
+reach the fit: the rows are picked by split here.
 
 Both detectors look at the model's actual input, the resized slices mapped per study with the
 model version's ``intensity_norm``: input statistics (``ood.input_statistics``, what scoring
@@ -69,7 +72,9 @@ def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classif
     if len(val_prob) != len(val_rows):
         raise ValueError(f"val_prob must hold one probability per validation slice "
                          f"({len(val_rows)}), received {len(val_prob)}")
-    train = {"input": ood.input_statistics(model_input.images[train_rows]),
+    # statistics of every training slice (the study detector); the slice detector's are a sample
+    train_stats = ood.input_statistics(model_input.images[train_all])
+    train = {"input": train_stats[np.searchsorted(train_all, train_rows)],
              "features": slice_features(classifier, model_input.images[train_rows],
                                         settings.batch_size)}
     validation = {"input": ood.input_statistics(model_input.images[val_rows]),
@@ -78,15 +83,20 @@ def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classif
     reference = ood.fit_reference(train, validation, slice_rate=settings.ood_slice_rate,
                                   study_share=settings.ood_study_share,
                                   validation_prob=np.asarray(val_prob).reshape(-1),
-                                  input_norm=settings.intensity_norm)
+                                  input_norm=settings.intensity_norm,
+                                  study_rate=settings.ood_study_rate,
+                                  train_patients=model_input.patient_ids[train_all],
+                                  validation_patients=model_input.patient_ids[val_rows],
+                                  study_train=train_stats, seed=settings.train_seed)
     log.info("out-of-distribution reference: %d train / %d validation slices, bounds %s",
              len(train_rows), len(val_rows), reference_bounds(reference))
     return reference
 
 
 def reference_bounds(reference: ood.Reference) -> dict[str, float]:
-    """Each detector's bound, by name."""
-    return {d.name: round(float(d.bound), 6) for d in reference.detectors}
+    """Each detector's bound, by name (the study detector's as "study")."""
+    study = [] if reference.study is None else [reference.study]
+    return {d.name: round(float(d.bound), 6) for d in [*reference.detectors, *study]}
 
 
 def write_reference(reference: ood.Reference, folder: Path) -> dict[str, Any]:
@@ -96,7 +106,10 @@ def write_reference(reference: ood.Reference, folder: Path) -> dict[str, Any]:
             "input_norm": reference.input_norm,
             "bounds": reference_bounds(reference),
             "train_slices": int(reference.facts.get("train_slices", 0)),
-            "validation_slices": int(reference.facts.get("validation_slices", 0))}
+            "validation_slices": int(reference.facts.get("validation_slices", 0)),
+            "study_rate": reference.study_rate,
+            "train_studies": int(reference.facts.get("train_studies", 0)),
+            "validation_studies": int(reference.facts.get("validation_studies", 0))}
 
 
 def load_reference(store: ObjectStore, settings: Settings,

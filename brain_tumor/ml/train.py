@@ -44,7 +44,7 @@ TRAINING_FIELDS = (
     "seg_base_filters", "seg_depth", "seg_epochs", "seg_learning_rate", "train_seed", "augment",
     "max_train_slices", "threshold_rule", "seg_tumor_fraction", "seg_loss", "intensity_norm",
     "postprocess_min_sensitivity", "postprocess_max_fp_per_patient",
-    "ood_max_train_slices", "ood_slice_rate", "ood_study_share",
+    "ood_max_train_slices", "ood_slice_rate", "ood_study_share", "ood_study_rate",
 )
 
 

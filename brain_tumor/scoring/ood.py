@@ -1,7 +1,7 @@
 """Out-of-distribution check: how unlike the training slices a slice or a study is.
 
-Two detectors, each a distance to the training patients' slices, computed on the model's actual
-input (after resizing and intensity mapping; native size is not a signal):
+Slice detectors, each a distance to the training patients' slices, and a study detector, computed
+on the model's actual input (after resizing and intensity mapping; native size is not a signal):
 
 - ``input``: cheap statistics of the image itself (``input_statistics``: foreground fraction,
   per-channel mean, spread, histogram and edge energy over the foreground, correlation between
@@ -14,12 +14,21 @@ input (after resizing and intensity mapping; native size is not a signal):
 - ``features``: what the classifier itself sees, its penultimate (global-pooled) features,
   projected on the training slices' leading principal components and whitened; the distance is
   the norm of the whitened projection (Mahalanobis in that subspace). Used when the engine
-  returns features.
+  returns features;
+- ``study``: the study as one point, the median over its slices of each input statistic
+  (``study_summary``), against the training patients' medians: each standardized, their
+  correlation shrunk ``STUDY_SHRINKAGE`` of the way to the identity (a few dozen training
+  studies for about fifty statistics). Shifts too small against the spread of single slices
+  (blur, one channel missing) stand out once a whole study is summed up.
 
-Each detector's bound is a quantile of the **validation** slices' distances (``slice_rate``, the
-share of in-distribution slices allowed over it), never of test slices. A slice is flagged when
-any distance passes its bound; a study is flagged when at least ``study_share`` of its slices
-are. A flag says the input differs from what the model learned from; it does not say the
+Each slice detector's bound is a quantile of the **validation** slices' distances
+(``slice_rate``, the share of in-distribution slices allowed over it), never of test slices.
+The study detector's bound is a quantile (``study_rate``) of held-out in-distribution studies'
+distances: each training patient's from a detector fitted on the other folds of patients
+(out of fold), each validation patient's from the detector fitted on all training patients. A
+slice is flagged when any slice distance passes its bound; a study is flagged when at least
+``study_share`` of its slices are, or when its study distance passes the study bound. A flag
+says the input differs from what the model learned from; it does not say the
 prediction is wrong, and no flag does not say it is right.
 
 Drift compares a batch's distribution of a value (study OOD scores, predicted probabilities)
@@ -54,6 +63,14 @@ SATURATED_LEVEL = 250.0
 MIN_SPREAD = 1e-3
 #: the features detector keeps at most this many principal components
 MAX_COMPONENTS = 32
+#: the study detector's correlation is shrunk this share of the way to the identity (chosen with
+#: ``ood_study_rate`` by bench/ood_design.py on held-out training patients)
+STUDY_SHRINKAGE = 0.8
+#: folds of training patients the study bound's out-of-fold distances come from (at most one
+#: patient per fold when there are fewer)
+STUDY_FOLDS = 5
+#: fewer training patients than this: no study detector (its bound would mean nothing)
+MIN_STUDIES = 8
 #: drift bound for the population stability index (0.25: a shift worth acting on)
 PSI_BOUND = 0.25
 #: how many reference values are kept for drift comparisons
@@ -271,6 +288,74 @@ def set_bound(detector: Detector, validation_values: np.ndarray, slice_rate: flo
     return detector.bound
 
 
+def study_summary(stats: np.ndarray) -> np.ndarray:
+    """D: the median over a study's slices (N x D input statistics) of each statistic."""
+    stats = np.asarray(stats, dtype=np.float64)
+    if stats.ndim != 2 or len(stats) == 0:
+        raise ValueError(f"a study's statistics must be N x D with N >= 1, received shape "
+                         f"{stats.shape}")
+    return np.median(stats, axis=0)
+
+
+def study_summaries(stats: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """S x D: ``study_summary`` of each patient's slices, patients in sorted order."""
+    stats, patients = np.asarray(stats, dtype=np.float64), np.asarray(patients)
+    if stats.ndim != 2 or patients.shape != (len(stats),):
+        raise ValueError(f"need N x D statistics and N patient ids, received shapes "
+                         f"{stats.shape} and {patients.shape}")
+    return np.array([study_summary(stats[patients == p]) for p in np.unique(patients)])
+
+
+def fit_study_detector(summaries: np.ndarray, shrinkage: float = STUDY_SHRINKAGE) -> Detector:
+    """Mahalanobis distance on study summaries (S x D): each standardized on the training
+    studies (spread at least MIN_SPREAD), their correlation shrunk ``shrinkage`` of the way to
+    the identity."""
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], received {shrinkage}")
+    summaries = _at_least(summaries, 3, "study summaries")
+    mean = summaries.mean(axis=0)
+    scale = np.maximum(summaries.std(axis=0), MIN_SPREAD)
+    corr = np.cov((summaries - mean) / scale, rowvar=False, bias=True)
+    cov = (1.0 - shrinkage) * corr + shrinkage * np.eye(len(mean)) * np.trace(corr) / len(mean)
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.maximum(vals, 1e-9 * max(1.0, float(vals.max())))
+    return Detector("study", mean, vecs / np.sqrt(vals) / scale[:, None])
+
+
+def patient_folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` (at most ``count``) disjoint, sorted index sets covering range(count), dealt
+    after a seeded shuffle."""
+    if count < 2 or folds < 2:
+        raise ValueError(f"need at least 2 items and 2 folds, received {count} and {folds}")
+    order = np.random.default_rng(seed).permutation(count)
+    return [np.sort(order[k::min(folds, count)]) for k in range(min(folds, count))]
+
+
+def out_of_fold_distances(summaries: np.ndarray, folds: int = STUDY_FOLDS,
+                          seed: int = 0) -> np.ndarray:
+    """S: each study's distance from a study detector fitted on the other folds' studies."""
+    summaries = _at_least(summaries, MIN_STUDIES, "study summaries")
+    out = np.zeros(len(summaries))
+    for held in patient_folds(len(summaries), folds, seed):
+        rest = np.setdiff1d(np.arange(len(summaries)), held)
+        out[held] = fit_study_detector(summaries[rest]).distance(summaries[held])
+    return out
+
+
+def fit_study(train_summaries: np.ndarray, validation_summaries: np.ndarray, study_rate: float,
+              folds: int = STUDY_FOLDS, seed: int = 0) -> tuple[Detector, np.ndarray]:
+    """The study detector fitted on all training studies, and the held-out in-distribution
+    distances its bound is the (1 - study_rate) quantile of: the training studies' out-of-fold
+    distances and the validation studies' distances."""
+    if not 0.0 < study_rate < 1.0:
+        raise ValueError(f"study_rate must be in (0, 1), received {study_rate}")
+    detector = fit_study_detector(train_summaries)
+    held_out = np.concatenate([out_of_fold_distances(train_summaries, folds, seed),
+                               detector.distance(validation_summaries)])
+    detector.bound = float(np.quantile(held_out, 1.0 - study_rate))
+    return detector, np.sort(held_out)
+
+
 @dataclass
 class Reference:
     """What a model version's OOD check needs: detectors with bounds, and drift references."""
@@ -283,6 +368,10 @@ class Reference:
     #: the intensity mapping of the model input the input statistics were taken on (the model
     #: version's ``intensity_norm``); None: a reference that does not state it
     input_norm: str | None = None
+    #: the study detector (input statistics' medians) and the share of held-out in-distribution
+    #: studies allowed over its bound; None: a reference without one (slice rules alone)
+    study: Detector | None = None
+    study_rate: float | None = None
 
     def detector(self, name: str) -> Detector | None:
         """The detector named ``name``, or None."""
@@ -300,6 +389,11 @@ class Reference:
             arrays["input_norm"] = np.array(self.input_norm)
         for d in self.detectors:
             arrays[f"{d.name}__mean"], arrays[f"{d.name}__whiten"] = d.mean, d.whiten
+        if self.study is not None:
+            arrays["study__mean"], arrays["study__whiten"] = self.study.mean, self.study.whiten
+            arrays["study__bound"] = np.array(self.study.bound)
+            arrays["study__rate"] = np.array(np.nan if self.study_rate is None
+                                             else self.study_rate)
         for key, values in self.validation.items():
             arrays[f"validation__{key}"] = values
         buf = io.BytesIO()
@@ -315,8 +409,25 @@ class Reference:
             validation = {k.split("__", 1)[1]: z[k] for k in z.files
                           if k.startswith("validation__")}
             norm = str(z["input_norm"]) if "input_norm" in z.files else None
+            study, study_rate = None, None
+            if "study__mean" in z.files:
+                study = Detector("study", z["study__mean"], z["study__whiten"],
+                                 float(z["study__bound"]))
+                rate = float(z["study__rate"])
+                study_rate = None if np.isnan(rate) else rate
             return cls(detectors, float(z["slice_rate"]), float(z["study_share"]), validation,
-                       input_norm=norm)
+                       input_norm=norm, study=study, study_rate=study_rate)
+
+    def set_study_rate(self, study_rate: float) -> float:
+        """Set the study bound to the (1 - study_rate) quantile of the held-out in-distribution
+        studies' distances the fit kept (``validation["study_distance"]``)."""
+        if self.study is None or "study_distance" not in self.validation:
+            raise ValueError("the reference has no study detector with held-out distances")
+        if not 0.0 < study_rate < 1.0:
+            raise ValueError(f"study_rate must be in (0, 1), received {study_rate}")
+        self.study.bound = float(np.quantile(self.validation["study_distance"], 1 - study_rate))
+        self.study_rate = study_rate
+        return self.study.bound
 
     def judges_inputs(self) -> bool:
         """Whether its input detector describes this code's input statistics (``input_norm``
@@ -329,16 +440,30 @@ class Reference:
 def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *,
                   slice_rate: float = 0.01, study_share: float = 0.6,
                   validation_prob: np.ndarray | None = None,
-                  input_norm: str | None = None) -> Reference:
+                  input_norm: str | None = None, study_rate: float | None = None,
+                  train_patients: np.ndarray | None = None,
+                  validation_patients: np.ndarray | None = None,
+                  study_train: np.ndarray | None = None, seed: int = 0) -> Reference:
     """Fit each detector on the training slices and bound it on the validation slices.
 
     ``train`` and ``validation`` map a detector ("input", optionally "features") to N x D
     values of that split's slices; ``validation_prob`` (the validation slices' tumor
     probabilities) becomes the drift reference of predicted probabilities; ``input_norm`` names
     the intensity mapping of the model input the "input" statistics were taken on.
+
+    With ``study_rate``, the study detector is fitted too (``fit_study``, folds dealt with
+    ``seed``): on ``study_train`` (the input statistics of every training slice; default
+    ``train["input"]``) grouped by ``train_patients``, and ``validation["input"]`` grouped by
+    ``validation_patients`` (one patient id per row of each); with fewer than MIN_STUDIES
+    training patients it is left out (logged).
     """
     if not 0.0 < study_share <= 1.0:
         raise ValueError(f"study_share must be in (0, 1], received {study_share}")
+    study, held_out = None, None
+    if study_rate is not None:
+        study, held_out = _fit_study_of(
+            train["input"] if study_train is None else study_train, train_patients,
+            validation.get("input"), validation_patients, study_rate, seed)
     fitters = {"input": fit_input_detector, "features": fit_feature_detector}
     unknown = sorted(set(train) - set(fitters))
     if unknown or "input" not in train:
@@ -354,14 +479,34 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
         set_bound(det, validation[name], slice_rate)
         detectors.append(det)
         drift[f"{name}_distance"] = _sample(det.distance(validation[name]) / det.bound)
-    ref = Reference(detectors, slice_rate, study_share, drift,
-                    {"train_slices": len(train["input"]),
-                     "validation_slices": len(validation["input"])}, input_norm=input_norm)
+    facts = {"train_slices": len(train["input"]), "validation_slices": len(validation["input"])}
+    ref = Reference(detectors, slice_rate, study_share, drift, facts, input_norm=input_norm,
+                    study=study, study_rate=None if study is None else study_rate)
     ref.validation["study_score"] = _sample(np.max(
         [ref.validation[f"{d.name}_distance"] for d in detectors], axis=0))
     if validation_prob is not None:
         ref.validation["probability"] = _sample(np.asarray(validation_prob, np.float64))
+    if held_out is not None:
+        ref.validation["study_distance"] = held_out
+        ref.facts.update(train_studies=len(np.unique(train_patients)),
+                         validation_studies=len(np.unique(validation_patients)))
     return ref
+
+
+def _fit_study_of(train_stats: np.ndarray, train_patients: np.ndarray | None,
+                  validation_stats: np.ndarray | None, validation_patients: np.ndarray | None,
+                  study_rate: float, seed: int) -> tuple[Detector | None, np.ndarray | None]:
+    """``fit_study`` on slices grouped by patient; (None, None) with too few training patients."""
+    if train_patients is None or validation_patients is None or validation_stats is None:
+        raise ValueError("the study detector needs the training and validation slices' patient "
+                         "ids and input statistics")
+    train_sum = study_summaries(train_stats, train_patients)
+    if len(train_sum) < MIN_STUDIES:
+        log.info("study detector left out: %d training patients, at least %d needed",
+                 len(train_sum), MIN_STUDIES)
+        return None, None
+    return fit_study(train_sum, study_summaries(validation_stats, validation_patients),
+                     study_rate, seed=seed)
 
 
 def _sample(values: np.ndarray, size: int = DRIFT_SAMPLE) -> np.ndarray:
@@ -381,6 +526,8 @@ class OodResult:
     flagged: bool  # the study
     score: float  # the study's score: median slice score
     reasons: list[dict[str, Any]]  # per detector over its bound: statistic, value, bound, share
+    #: the study detector's distance (None: no study detector, or no input statistics given)
+    study_distance: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The fields summary.json carries."""
@@ -389,7 +536,8 @@ class OodResult:
 
 
 def check(reference: Reference, values: dict[str, np.ndarray]) -> OodResult:
-    """Score one study's slices (``values``: detector name -> N x D) against the reference."""
+    """Score one study's slices (``values``: detector name -> N x D) against the reference: the
+    slice detectors' share rule, and the study detector on the input statistics' medians."""
     scores, reasons = [], []
     for det in reference.detectors:
         if det.name not in values:
@@ -407,7 +555,16 @@ def check(reference: Reference, values: dict[str, np.ndarray]) -> OodResult:
                          f" in the values given ({sorted(values)})")
     slice_score = np.max(scores, axis=0)
     flag = slice_score > 1.0
-    return OodResult(slice_score, flag, bool(reasons), float(np.median(slice_score)), reasons)
+    study_distance = None
+    if reference.study is not None and "input" in values:
+        study_distance = float(reference.study.distance(
+            study_summary(values["input"])[None, :])[0])
+        if study_distance > reference.study.bound:
+            reasons.append({"statistic": "study_distance", "value": round(study_distance, 4),
+                            "bound": round(reference.study.bound, 4),
+                            "slices_over": round(float(flag.mean()), 4)})
+    return OodResult(slice_score, flag, bool(reasons), float(np.median(slice_score)), reasons,
+                     study_distance)
 
 
 def psi(reference: np.ndarray, sample: np.ndarray, bins: int = 10) -> float:

@@ -21,6 +21,7 @@ from brain_tumor.ml.predict import load_model_version
 from brain_tumor.scoring import ood
 from brain_tumor.scoring import study as score
 from brain_tumor.scoring.contracts import Study
+from brain_tumor.scoring.engines import study_input
 from brain_tumor.scoring.overlay import BANNER_RED
 from brain_tumor.scoring.readers import upload_study
 from brain_tumor.settings import Settings
@@ -118,7 +119,7 @@ def test_each_foreign_kind_is_flagged_with_reasons(env, test_patient_slices, tmp
     assert summary["out_of_distribution"] is True, summary
     assert summary["ood_score"] > 1 and summary["ood_slices"] >= 1
     for reason in summary["ood_reasons"]:
-        assert reason["statistic"] in ("input_distance", "features_distance")
+        assert reason["statistic"] in ("input_distance", "features_distance", "study_distance")
         assert reason["value"] > reason["bound"] > 0
     assert summary["ood_reasons"]
     table = store.get_parquet(scores.output_key(version, sid, "slices.parquet"))
@@ -240,3 +241,34 @@ def test_the_batch_summary_counts_flagged_studies_and_states_drift(env, test_pat
     assert telemetry.Metric("scoring.studies_out_of_distribution", 2, "c") in sent
     assert telemetry.Metric("scoring.drift.probability_psi", drift["probability"]["psi"],
                             "g") in sent
+
+
+def test_the_study_detector_judges_whole_studies_through_the_pipeline(env, test_patient_slices,
+                                                                      tmp_path):
+    settings, store, version = env
+    models = ModelStore(store, settings)
+    record = models.record(version)
+    reference = load_reference(store, settings, record)
+    # a study detector fitted on synthetic studies drawn like the training data's
+    folders = make_studies(tmp_path / "fit", SynthSpec(patients=24, slices=6, size=32, seed=21))
+    summaries = np.array([ood.study_summary(ood.input_statistics(study_input(
+        [decode_image(p.read_bytes()) for p in sorted(f.glob("*.tif"))],
+        int(record["image_size"]), str(reference.input_norm)))) for f in folders])
+    reference.study, _ = ood.fit_study(summaries[:18], summaries[18:], 0.05)
+    reference.study_rate = 0.05
+    store.put(models.key(version, OOD_FILE), reference.to_bytes())
+    good = _upload(store, settings, write_tiff_study(tmp_path / "in", test_patient_slices))
+    odd = _upload(store, settings, write_tiff_study(
+        tmp_path / "noise", foreign_slices("noise", test_patient_slices), name="ODD"))
+
+    _score(store, settings, version, good)
+    _score(store, settings, version, odd)
+
+    scores = ScoreStore(store, settings)
+    assert scores.summary(version, good)["out_of_distribution"] is False
+    summary = validate_record("study_summary", store.get_json(
+        scores.output_key(version, odd, "summary.json")))
+    study_reasons = [r for r in summary["ood_reasons"] if r["statistic"] == "study_distance"]
+    assert len(study_reasons) == 1
+    assert study_reasons[0]["value"] > study_reasons[0]["bound"] == pytest.approx(
+        reference.study.bound, abs=1e-4)

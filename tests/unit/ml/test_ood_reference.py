@@ -69,7 +69,15 @@ def test_bounds_come_from_validation_slices_and_test_slices_never_count(classifi
     for det in reference.detectors:
         dist = det.distance(val_values[det.name])
         assert det.bound == pytest.approx(np.quantile(dist, 1 - SETTINGS.ood_slice_rate))
-    assert reference.facts == {"train_slices": 30, "validation_slices": 12}
+    assert reference.facts == {"train_slices": 30, "validation_slices": 12,
+                               "train_studies": 10, "validation_studies": 3}
+    # the study detector: every training slice (not the sample), one point per patient
+    train = data.splits == "train"
+    summaries = ood.study_summaries(ood.input_statistics(data.images[train]),
+                                    data.patient_ids[train])
+    assert reference.study is not None and reference.study_rate == SETTINGS.ood_study_rate
+    assert np.allclose(reference.study.mean, summaries.mean(axis=0))
+    assert len(reference.validation["study_distance"]) == 10 + 3
     assert np.allclose(reference.validation["probability"], val_prob)
 
     # test slices turned into noise (and more of them): the reference does not move
@@ -89,8 +97,10 @@ def test_bounds_come_from_validation_slices_and_test_slices_never_count(classifi
 
     entry = write_reference(reference, tmp_path)
     assert (tmp_path / "ood.npz").read_bytes() == reference.to_bytes()
-    assert entry["bounds"].keys() == {"input", "features"}
+    assert entry["bounds"].keys() == {"input", "features", "study"}
     assert (entry["train_slices"], entry["validation_slices"]) == (30, 12)
+    assert (entry["train_studies"], entry["validation_studies"]) == (10, 3)
+    assert entry["study_rate"] == SETTINGS.ood_study_rate
     assert entry["input_norm"] == SETTINGS.intensity_norm == reference.input_norm
 
 

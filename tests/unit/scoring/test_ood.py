@@ -3,6 +3,8 @@ flagged, in-distribution studies not, drift statistics."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -210,3 +212,121 @@ def test_bad_inputs_are_named() -> None:
                       np.zeros((3, 3)), 1.5)
     with pytest.raises(ValueError, match="'input' \\(required\\)"):
         ood.fit_reference({"pixels": np.zeros((3, 3))}, {})
+
+
+# --- the study detector: one point per study (medians of its slices' statistics) ---
+DIM = 12
+
+
+def gaussian_studies(count: int, seed: int, slices: int = 20,
+                     offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Slices (N x DIM) of ``count`` studies: a small per-study offset plus large slice noise;
+    ``offset`` shifts every statistic of every study by that many slice spreads."""
+    rng = np.random.default_rng(seed)
+    rows, ids = [], []
+    for s in range(count):
+        centre = rng.normal(0.0, 0.1, DIM) + offset
+        rows.append(centre + rng.normal(0.0, 1.0, (slices, DIM)))
+        ids += [f"s{seed}-{s}"] * slices
+    return np.concatenate(rows), np.array(ids)
+
+
+@pytest.fixture(scope="module")
+def study_reference() -> ood.Reference:
+    train, train_ids = gaussian_studies(40, 1)
+    val, val_ids = gaussian_studies(10, 2)
+    return ood.fit_reference({"input": train}, {"input": val}, slice_rate=0.01,
+                             study_share=0.6, study_rate=0.05, train_patients=train_ids,
+                             validation_patients=val_ids)
+
+
+def test_a_shifted_study_is_flagged_by_its_study_distance(study_reference) -> None:
+    shifted, _ = gaussian_studies(1, 7, offset=0.6)  # small against one slice's spread
+
+    result = ood.check(study_reference, {"input": shifted})
+
+    assert result.slice_flag.mean() < study_reference.study_share  # the slice rule misses it
+    assert [r["statistic"] for r in result.reasons] == ["study_distance"]
+    reason = result.reasons[0]
+    assert reason["value"] > reason["bound"] == pytest.approx(study_reference.study.bound, 1e-4)
+    assert result.flagged and result.study_distance == pytest.approx(reason["value"], 1e-4)
+
+
+def test_in_distribution_studies_pass_the_study_bound(study_reference) -> None:
+    fresh, ids = gaussian_studies(20, 8)
+    flagged = [ood.check(study_reference, {"input": fresh[ids == p]}).flagged
+               for p in np.unique(ids)]
+    assert sum(flagged) <= 2
+    assert all(ood.check(study_reference, {"input": fresh[ids == p]}).study_distance
+               < study_reference.study.bound * 1.5 for p in np.unique(ids))
+
+
+def test_the_study_bound_is_a_quantile_of_held_out_studies(study_reference) -> None:
+    held_out = study_reference.validation["study_distance"]
+    assert len(held_out) == 50 and study_reference.facts["train_studies"] == 40
+    assert study_reference.study.bound == pytest.approx(np.quantile(held_out, 0.95))
+    assert study_reference.set_study_rate(0.2) == pytest.approx(np.quantile(held_out, 0.8))
+    study_reference.set_study_rate(0.05)
+    assert study_reference.study_rate == 0.05
+
+
+def test_out_of_fold_distances_never_see_the_study_they_judge() -> None:
+    train, ids = gaussian_studies(20, 3)
+    summaries = ood.study_summaries(train, ids)
+    folds = ood.patient_folds(len(summaries), ood.STUDY_FOLDS, 0)
+    base = ood.out_of_fold_distances(summaries, seed=0)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(summaries)), held)
+        expected = ood.fit_study_detector(summaries[rest]).distance(summaries[held])
+        assert np.allclose(base[held], expected)
+    # a far outlier: its own distance is large (it never shaped its own detector), and the other
+    # studies of its fold, judged by the same detector, do not move
+    odd = folds[0][0]
+    moved = summaries.copy()
+    moved[odd] += 50.0
+    again = ood.out_of_fold_distances(moved, seed=0)
+    assert again[odd] > 10 * base[odd]
+    assert np.allclose(again[folds[0][1:]], base[folds[0][1:]])
+    assert not np.allclose(again[folds[1]], base[folds[1]])
+
+
+def test_study_detector_round_trips_and_old_references_still_load(study_reference) -> None:
+    shifted, _ = gaussian_studies(1, 7, offset=0.6)
+    back = ood.Reference.from_bytes(study_reference.to_bytes())
+    assert back.study is not None and back.study_rate == 0.05
+    assert back.study.bound == study_reference.study.bound
+    assert ood.check(back, {"input": shifted}).reasons == ood.check(
+        study_reference, {"input": shifted}).reasons
+
+    # bytes written without a study detector (as every reference before it): slice rules alone
+    with np.load(io.BytesIO(study_reference.to_bytes())) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("study__")
+                  and k != "validation__study_distance"}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    old = ood.Reference.from_bytes(buf.getvalue())
+    assert old.study is None and old.study_rate is None
+    result = ood.check(old, {"input": shifted})
+    assert result.study_distance is None and not result.flagged
+    with pytest.raises(ValueError, match="no study detector"):
+        old.set_study_rate(0.05)
+
+
+def test_few_training_patients_leave_the_study_detector_out() -> None:
+    train, ids = gaussian_studies(ood.MIN_STUDIES - 1, 4)
+    val, val_ids = gaussian_studies(3, 5)
+    ref = ood.fit_reference({"input": train}, {"input": val}, study_rate=0.05,
+                            train_patients=ids, validation_patients=val_ids)
+    assert ref.study is None and "study_distance" not in ref.validation
+
+
+def test_study_inputs_are_checked() -> None:
+    train, ids = gaussian_studies(10, 6)
+    with pytest.raises(ValueError, match="patient ids"):
+        ood.fit_reference({"input": train}, {"input": train}, study_rate=0.05)
+    with pytest.raises(ValueError, match="received shapes"):
+        ood.study_summaries(train, ids[:-1])
+    with pytest.raises(ValueError, match="study_rate"):
+        ood.fit_study(ood.study_summaries(train, ids), ood.study_summaries(train, ids), 1.5)
+    with pytest.raises(ValueError, match="shrinkage"):
+        ood.fit_study_detector(ood.study_summaries(train, ids), shrinkage=2.0)
