@@ -39,7 +39,7 @@ def predict_patients(engine: Any, images: np.ndarray, patient_ids: np.ndarray,
 
 def compare(store: Any, settings: Any, version: str, precision: str) -> dict[str, Any]:
     """The f32 / ``precision`` comparison on the version's validation patients."""
-    from brain_tumor.evaluation.catalog import HEADLINE_KEYS
+    from brain_tumor.evaluation.catalog import headline
     from brain_tumor.evaluation.evaluate import Predictions, evaluate
     from brain_tumor.evaluation.metrics import per_patient_dice
     from brain_tumor.ml.export import ensure_exported, fetch_exported
@@ -74,7 +74,7 @@ def compare(store: Any, settings: Any, version: str, precision: str) -> dict[str
                            dataset_version=record["dataset_version"], n_boot=50)
         out[p] = {"prob": prob, "maps": maps, "label": np.asarray(label), "masks": masks,
                   "seconds": seconds, "dice": per_patient_dice(val.patient_ids, true_masks, masks),
-                  "headline": {k: metrics.get(k) for k in HEADLINE_KEYS}}
+                  "headline": headline(metrics)}
     ref, low = out["f32"], out[precision]
     dice_diff = {pid: round(low["dice"][pid] - d, 5) for pid, d in ref["dice"].items()}
     moved = {k: (None if ref["headline"][k] is None or low["headline"][k] is None
@@ -92,8 +92,8 @@ def compare(store: Any, settings: Any, version: str, precision: str) -> dict[str
         "max_abs_dice_diff": max((abs(v) for v in dice_diff.values()), default=0.0),
         "headline_f32": ref["headline"], f"headline_{precision}": low["headline"],
         "headline_diff": moved, "gate_tolerance": settings.gate_tolerance,
-        "within_tolerance": all(v is None or abs(v) <= settings.gate_tolerance
-                                for v in moved.values()),
+        "within_tolerance": bool(moved) and all(
+            v is not None and abs(v) <= settings.gate_tolerance for v in moved.values()),
         "model_seconds": {p: round(o["seconds"], 2) for p, o in out.items()},
     }
 
