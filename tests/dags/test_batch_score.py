@@ -186,14 +186,15 @@ def test_a_failed_study_fails_the_run_after_the_others_are_scored(
     settings, store = scoring
     ids = submit(store, settings, study_folders["good"][:2])
     champion = Registry(store, settings).champion()
-    real = ScoringPipeline.score
+    real = ScoringPipeline._write  # a study's outputs, summary and done marker
 
-    def flaky(pipeline, study_id):
+    def flaky(pipeline, scored):
+        study_id = scored.study.study_id
         if study_id == ids[0]:
             raise StorageError(f"simulated outage while writing scores/{champion}/{study_id}")
-        return real(pipeline, study_id)
+        return real(pipeline, scored)
 
-    monkeypatch.setattr(ScoringPipeline, "score", flaky)  # both studies share one chunk
+    monkeypatch.setattr(ScoringPipeline, "_write", flaky)  # both studies share one chunk
 
     dag_run, state, tasks = run_dag(get_dag(DAG_ID))
 
@@ -204,7 +205,7 @@ def test_a_failed_study_fails_the_run_after_the_others_are_scored(
     assert ScoreStore(store, settings).is_done(champion, ids[1])  # the good result is kept
     assert not ScoreStore(store, settings).is_done(champion, ids[0])
 
-    monkeypatch.setattr(ScoringPipeline, "score", real)  # the outage is over: the next run
+    monkeypatch.setattr(ScoringPipeline, "_write", real)  # the outage is over: the next run
     dag_run, state, _ = run_dag(get_dag(DAG_ID))
 
     assert state == "success"
