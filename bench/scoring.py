@@ -30,7 +30,9 @@ benchmark's port settings: BENCH_S3_PORT, BENCH_S3_PORT_BASE), then:
    the wall time).
 5. **naive**: on the first --naive-studies studies, one ``predict`` per slice (the way a
    per-image loop scores), against the batched model time on the same slices: the ratio is
-   the gain of batching.
+   the gain of batching. For an exported engine the same slices also go through the Keras
+   models one ``predict`` per slice (``naive_keras``: the per-image loop the project started
+   from), and end to end is compared with that rate in the same run.
 
 It prints JSON; the CPU time other processes took during each phase shows whether the machine
 was quiet (busy time from /proc/stat minus this process and the S3 server).
@@ -156,6 +158,17 @@ def _naive(engine, images: list) -> float:
     for img in images:
         engine.predict([img])
     return time.perf_counter() - start
+
+
+def _keras_naive(store, settings, version: str, studies: list) -> float:
+    """Model seconds of the same slices through the Keras models, one ``predict`` per slice:
+    the per-image loop the project started from (measured in the same run)."""
+    from brain_tumor.ml.predict import load_model_version
+    from brain_tumor.scoring.engines import KerasEngine
+
+    engine = KerasEngine(load_model_version(store, settings, version), settings.batch_size)
+    engine.predict([studies[0][0]])  # warm-up
+    return sum(_naive(engine, images) for images in studies)
 
 
 def _batched_model_time(engine, images: list) -> float:
@@ -343,13 +356,17 @@ def run(args: argparse.Namespace) -> dict:
                  for k in ("read_s", "model_s", "write_s")}
         naive_ids = [f.name for f in folders[: args.naive_studies]]
         naive = {"slices": 0, "read_s": 0.0, "model_s": 0.0, "batched_model_s": 0.0}
+        naive_images = []
         with phases["naive"]:
             for sid in naive_ids:
                 images, read_s = _study_images(store, settings, sid)
+                naive_images.append(images)
                 naive["slices"] += len(images)
                 naive["read_s"] += read_s
                 naive["model_s"] += _naive(engine, images)
                 naive["batched_model_s"] += _batched_model_time(engine, images)
+        keras_naive_s = (_keras_naive(store, settings, version, naive_images)
+                         if engine.name != "keras" and naive_images else None)
         flops = flops_per_slice(store, settings, version)
     finally:
         server.stop()
@@ -383,6 +400,11 @@ def run(args: argparse.Namespace) -> dict:
                                                / (naive["slices"] / naive["model_s"]), 2),
                   "sequential_read_s": round(naive["read_s"], 2),
                   "other_cpu_s": round(phases["naive"].other_cpu_s, 1)},
+        "naive_keras": None if keras_naive_s is None else {
+            "model_s": round(keras_naive_s, 2),
+            "slices_per_s": round(naive["slices"] / keras_naive_s, 2),
+            "end_to_end_vs_naive_keras": round((slices / batched.wall_s)
+                                               / (naive["slices"] / keras_naive_s), 2)},
         "model_load_s": round(phases["load"].wall_s, 2),
         "upload_s": round(phases["upload"].wall_s, 1),
         "train_s": round(getattr(phases["train"], "wall_s", 0.0), 1),
