@@ -53,20 +53,16 @@ def slice_features(classifier: Any, x: np.ndarray, batch_size: int) -> np.ndarra
     return np.asarray(features, np.float64)
 
 
-def fit_training_reference(raw: ArrayDataset, model_input: ArrayDataset, classifier: Any,
-                           val_prob: np.ndarray, settings: Settings) -> ood.Reference:
+def fit_training_reference(model_input: ArrayDataset, classifier: Any, val_prob: np.ndarray,
+                           settings: Settings) -> ood.Reference:
     """Fit the reference on the train split's slices and bound it on the val split's.
 
-    ``raw`` holds the resized 0..255 images, ``model_input`` the same rows as the classifier
-    takes them (normalized per study with ``settings.intensity_norm``); both detectors use
-    ``model_input``, ``raw`` only checks the rows agree. ``val_prob``: the classifier's
-    validation probabilities.
+    ``model_input`` holds the slices as the classifier takes them (resized, normalized per
+    study with ``settings.intensity_norm``); both detectors describe that input. ``val_prob``:
+    the classifier's validation probabilities.
     """
-    if len(raw) != len(model_input) or not np.array_equal(raw.splits, model_input.splits):
-        raise ValueError(f"raw and model-input datasets must hold the same rows, received "
-                         f"{len(raw)} and {len(model_input)}")
-    train_all = np.flatnonzero(raw.splits == "train")
-    val_rows = np.flatnonzero(raw.splits == "val")
+    train_all = np.flatnonzero(model_input.splits == "train")
+    val_rows = np.flatnonzero(model_input.splits == "val")
     train_rows = train_all[sample_rows(len(train_all), settings.ood_max_train_slices,
                                        settings.train_seed)]
     if len(val_prob) != len(val_rows):

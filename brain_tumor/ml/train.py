@@ -259,9 +259,8 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         return models.record(version)
     weights = weights_provenance(settings.weights)
     keras.utils.set_random_seed(settings.train_seed)
-    raw_arrays = load_arrays(store, settings, dataset_version, settings.image_size,
-                             progress=verbose > 0)
-    arrays = normalize_dataset(raw_arrays, settings.intensity_norm)
+    arrays = normalize_dataset(load_arrays(store, settings, dataset_version, settings.image_size,
+                                           progress=verbose > 0), settings.intensity_norm)
     train = _cap(arrays.subset("train"), settings.max_train_slices, settings.train_seed)
     val = arrays.subset("val")
     with tempfile.TemporaryDirectory(prefix=f"brain-tumor-{version}-") as tmp:
@@ -281,9 +280,8 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         # --- out-of-distribution reference: train slices fit it, validation slices bound it ---
         from brain_tumor.ml.ood_reference import fit_training_reference, write_reference
 
-        ood_entry = write_reference(fit_training_reference(raw_arrays, arrays, classifier,
-                                                           val_prob, settings), out)
-        del raw_arrays
+        ood_entry = write_reference(fit_training_reference(arrays, classifier, val_prob,
+                                                           settings), out)
         # --- end out-of-distribution reference ---
         classifier.save(out / "classifier.keras")
         segmenter.save(out / "segmenter.keras")
