@@ -11,10 +11,11 @@ validation patients at training time). Nothing here chooses anything: the bounds
 version's. ``--refit`` instead fits the reference with the current code in memory, as training
 would (``ood_max_train_slices`` of the training patients' slices sampled with ``train_seed``,
 bounds at ``ood_slice_rate`` on the validation patients, ``ood_study_share``, the study detector
-on every training slice by patient bounded at ``ood_study_rate`` on out-of-fold training and
-validation patients, the model version's ``intensity_norm``), from the model version's train
-and validation patients read from DATA and passed through the engine: for a version whose stored
-``ood.npz`` the current statistics do not match. Only the patients each phase needs are unpacked.
+and the geometry criterion on every training slice by patient bounded at ``ood_study_rate``
+(shared between them) on out-of-fold training and validation patients, the model version's
+``intensity_norm``), from the model version's train and validation patients read from DATA and
+passed through the engine: for a version whose stored ``ood.npz`` the current statistics do not
+match. Only the patients each phase needs are unpacked.
 
 For each **test** patient of the model's dataset version (never used by the reference), the
 study's slices go through the engine and ``brain_tumor.scoring.study.ood_check``, exactly as
@@ -199,7 +200,11 @@ def run(args: argparse.Namespace) -> dict:
                     "study_distance": (None if result.study_distance is None
                                        else round(result.study_distance, 3)),
                     "by_study_distance": any(r["statistic"] == "study_distance"
-                                             for r in result.reasons)})
+                                             for r in result.reasons),
+                    "geometry_score": (None if result.geometry_score is None
+                                       else round(result.geometry_score, 3)),
+                    "by_geometry": any(r["statistic"].endswith("_robust_z")
+                                       for r in result.reasons)})
                 for kind in FOREIGN_KINDS:
                     odd = foreign_slices(kind, images, seed=n)
                     odd_study = Study(f"{pid}-{kind}", odd, study.slice_index, study.source)
@@ -216,10 +221,13 @@ def run(args: argparse.Namespace) -> dict:
         "reference": "refitted by this run" if args.refit else "the model version's ood.npz",
         "input_norm": reference.input_norm,
         "bounds": reference_bounds(reference),
+        "geometry_bound": (None if reference.geometry is None
+                           else round(reference.geometry.bound, 3)),
         "slice_rate": reference.slice_rate, "study_share": reference.study_share,
         "study_rate": reference.study_rate,
         "test_patients_flagged_by_study_distance": sum(p["by_study_distance"]
                                                        for p in per_patient),
+        "test_patients_flagged_by_geometry": sum(p["by_geometry"] for p in per_patient),
         "test_patients": len(test_ids),
         "test_patients_flagged": sum(p["flagged"] for p in per_patient),
         "test_slices": total, "test_slices_flagged": k,

@@ -2,6 +2,8 @@
 
   python bench/ood_design.py DATA --model-version M [--home DIR] [--engine auto|onnx|keras]
       [--folds 5] [--values FILE] [--json OUT]
+  python bench/ood_design.py DATA --split SPLIT.csv [--size 128] [--norm none] [--folds 5]
+      [--json OUT]
 
 DATA, --home and --model-version as for ``bench/ood.py``. Only the model version's **train**
 and **validation** patients are unpacked, read and scored; its test patients never are (they
@@ -32,6 +34,24 @@ either rule) within the patient goal, the one that catches the most foreign stud
 fewest held-out patients flagged, then the smaller rate (``study_chosen``).
 ``study_distances``: each group's study distance over its bound at rate 0.05. Cost: the
 statistics' time against the engine's.
+
+The study grid includes the geometry criterion (``ood.GeometryCheck``), which takes
+``ood.GEOMETRY_SHARE`` of each study rate; ``heldout_patients_flagged_by_geometry`` counts the
+held-out patients it flags.
+
+**Geometry design** (``--split``, no model, no server): the study-level criteria on input
+statistics alone. SPLIT.csv (columns ``patient_id``, ``split``) names the patients; only its
+``train`` and ``val`` patients are read (``test`` ones never are). Each study's slices (TIFFs
+without ``_mask``, by slice number) become the model input as scoring makes it
+(``engines.study_input(images, --size, --norm)``) and its input statistics. Reported, for each
+study rate of ``STUDY_RATES``: the geometry criterion's false flags on held-out in-distribution
+studies (nested cross-fit over the training and validation patients together: each fold's
+patients judged by a criterion fitted and bounded on the other folds' training and validation
+patients, at ``GEOMETRY_SHARE`` of the rate), the study detector's (the rest of the rate) and
+the two together; and the share of each foreign kind made from the validation studies caught by
+the criteria fitted on all training patients (bounded with the validation patients). With the
+robust z of each geometry statistic: the training studies' median and spread, and the smallest
+|z| of the rotated and cropped studies.
 
 ``--values FILE`` keeps the per-study statistics, features and probabilities (train,
 validation, foreign) in FILE (outside the repository: they are derived from the data) and reads
@@ -86,7 +106,7 @@ def results(reference: Any, values: list[dict], slice_rate: float, study_share: 
         ood.set_bound(det, validation[det.name], slice_rate)
     reference.study_share = study_share
     if study_rate is None:
-        reference = replace(reference, study=None)
+        reference = replace(reference, study=None, geometry=None)
     else:
         reference.set_study_rate(study_rate)
     return [ood.check(reference, {k: v[k] for k in ("input", "features")}) for v in values]
@@ -259,12 +279,15 @@ def _study_grid(folds: list[list[str]], by_patient: dict, refs: list, full: Any,
         held = [r for fold, ref in zip(folds, refs, strict=True)
                 for r in results(ref, [by_patient[p] for p in fold], *pair, validation, rate)]
         by_study = [any(x["statistic"] == "study_distance" for x in r.reasons) for r in held]
+        by_geometry = [any(x["statistic"].endswith("_robust_z") for x in r.reasons)
+                       for r in held]
         caught = {kind: float(np.mean([r.flagged for r in results(full, vals, *pair,
                                                                    validation, rate)]))
                   for kind, vals in foreign.items()}
         out.append({"study_rate": rate, "bound_all_training": round(float(full.study.bound), 3),
                     "heldout_patients_flagged": int(sum(r.flagged for r in held)),
                     "heldout_patients_flagged_by_study_distance": int(sum(by_study)),
+                    "heldout_patients_flagged_by_geometry": int(sum(by_geometry)),
                     "heldout_patient_share": float(np.mean([r.flagged for r in held])),
                     "foreign_caught": caught, "foreign_min": min(caught.values())})
     return out
@@ -290,12 +313,149 @@ def _study_distances(folds: list[list[str]], by_patient: dict, refs: list, full:
                 "max": round(max(v), 3)} for k, v in groups.items()}
 
 
+def read_split(path: Path) -> dict[str, list[str]]:
+    """The patient ids of each split of a split CSV (columns patient_id, split), each sorted."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"patient_id", "split"} <= set(rows[0]):
+        raise SystemExit(f"{path}: need the columns patient_id and split, received "
+                         f"{list(rows[0]) if rows else 'no rows'}")
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(row["split"], []).append(row["patient_id"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def geometry_run(args: argparse.Namespace) -> dict:
+    """The geometry design (``--split``, see the module docstring): reads the split's train and
+    validation patients only."""
+    from brain_tumor.devtools.synth_dicom import tiff_slices
+    from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS, foreign_slices
+    from brain_tumor.scoring import ood
+    from brain_tumor.scoring.engines import study_input
+
+    split = read_split(Path(args.split))
+    train_ids, val_ids = split.get("train", []), split.get("val", [])
+    if set(split.get("test", [])) & set(train_ids + val_ids):
+        raise SystemExit("the split puts a patient in test and in train or validation")
+    if len(train_ids) < ood.MIN_STUDIES or not val_ids:
+        raise SystemExit(f"need at least {ood.MIN_STUDIES} training and one validation patient, "
+                         f"received {len(train_ids)} and {len(val_ids)}")
+
+    def summary(images: list[np.ndarray]) -> np.ndarray:
+        return ood.study_summary(ood.input_statistics(study_input(images, args.size, args.norm)))
+
+    slices = 0
+    with tempfile.TemporaryDirectory(prefix="bench-ood-geometry-") as tmp:
+        root = unpack_patients(Path(args.data), Path(tmp), train_ids + val_ids)
+        train, val, foreign = [], [], {k: [] for k in FOREIGN_KINDS}
+        for pid in train_ids:
+            images = tiff_slices(root / pid)
+            slices += len(images)
+            train.append(summary(images))
+        for n, pid in enumerate(val_ids, 1):
+            images = tiff_slices(root / pid)
+            slices += len(images)
+            val.append(summary(images))
+            for kind in FOREIGN_KINDS:
+                foreign[kind].append(summary(foreign_slices(kind, images, seed=n)))
+            logging.info("validation %d/%d %s and its foreign kinds", n, len(val_ids), pid)
+    figures = geometry_figures(np.array(train), np.array(val),
+                               {k: np.array(v) for k, v in foreign.items()}, args.folds,
+                               args.seed)
+    return {"machine": machine(), "split": str(args.split), "size": args.size,
+            "input_norm": args.norm, "train_patients": len(train_ids),
+            "validation_patients": len(val_ids), "slices": slices, "test_patients_read": 0,
+            **figures}
+
+
+def geometry_figures(train: np.ndarray, val: np.ndarray, foreign: dict[str, np.ndarray],
+                     folds: int, seed: int) -> dict:
+    """The study-level criteria on study summaries (S x D): nested cross-fitted false flags on
+    the training and validation studies, foreign studies caught, for each of STUDY_RATES."""
+    from brain_tumor.scoring import ood
+
+    pooled = np.concatenate([train, val])
+    is_train = np.arange(len(pooled)) < len(train)
+    heldout = {"geometry": np.zeros(len(pooled)), "study": np.zeros(len(pooled))}
+    inner: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    for fold in folds_of(list(range(len(pooled))), folds, seed):
+        rest = np.setdiff1d(np.arange(len(pooled)), fold)
+        fit_train, fit_val = pooled[rest[is_train[rest]]], pooled[rest[~is_train[rest]]]
+        geometry, g_held = ood.fit_geometry(fit_train, fit_val, 0.5, seed=seed)
+        study, s_held = ood.fit_study(fit_train, fit_val, 0.5, seed=seed)
+        heldout["geometry"][fold] = geometry.distance(pooled[fold])
+        heldout["study"][fold] = study.distance(pooled[fold])
+        inner.append((np.array(fold), {"geometry": g_held, "study": s_held}))
+    geometry, g_full = ood.fit_geometry(train, val, 0.5, seed=seed)
+    study, s_full = ood.fit_study(train, val, 0.5, seed=seed)
+    rates = []
+    for rate in STUDY_RATES:
+        share = {"geometry": ood.GEOMETRY_SHARE * rate,
+                 "study": (1 - ood.GEOMETRY_SHARE) * rate}
+        over = {name: np.zeros(len(pooled), bool) for name in share}
+        for fold, held in inner:
+            for name in share:
+                bound = np.quantile(held[name], 1 - share[name])
+                over[name][fold] = heldout[name][fold] > bound
+        bounds = {"geometry": float(np.quantile(g_full, 1 - share["geometry"])),
+                  "study": float(np.quantile(s_full, 1 - share["study"]))}
+        caught = {}
+        for kind, values in foreign.items():
+            by_geometry = geometry.distance(values) > bounds["geometry"]
+            by_study = study.distance(values) > bounds["study"]
+            caught[kind] = {"geometry": float(by_geometry.mean()),
+                            "study": float(by_study.mean()),
+                            "either": float((by_geometry | by_study).mean())}
+        rates.append({
+            "study_rate": rate, "geometry_rate": share["geometry"],
+            "bounds_all_training": {k: round(v, 3) for k, v in bounds.items()},
+            "heldout_flagged": {"geometry": int(over["geometry"].sum()),
+                                "study": int(over["study"].sum()),
+                                "either": int((over["geometry"] | over["study"]).sum()),
+                                "of": len(pooled)},
+            "heldout_flag_rate": {"geometry": float(over["geometry"].mean()),
+                                  "study": float(over["study"].mean()),
+                                  "either": float((over["geometry"] | over["study"]).mean())},
+            "foreign_caught": caught})
+    z = {kind: np.abs(geometry.z(values)) for kind, values in foreign.items()}
+    oof_z = np.zeros((len(pooled), len(geometry.names)))
+    for fold, _ in inner:
+        rest = np.setdiff1d(np.arange(len(pooled)), fold)
+        oof_z[fold] = np.abs(ood.fit_geometry_check(pooled[rest[is_train[rest]]]).z(pooled[fold]))
+    return {
+        "folds": folds, "seed": seed, "geometry_share": ood.GEOMETRY_SHARE,
+        "geometry_min_spread": ood.GEOMETRY_MIN_SPREAD, "rates": rates,
+        "geometry_heldout_sorted": [round(float(v), 3) for v in np.sort(heldout["geometry"])],
+        "geometry_statistics": {
+            name: {"median": round(float(geometry.centre[k]), 4),
+                   "spread": round(float(geometry.scale[k]), 4),
+                   "heldout_max_abs_z": round(float(oof_z[:, k].max()), 2),
+                   **{f"{kind}_min_abs_z": round(float(z[kind][:, k].min()), 2)
+                      for kind in ("rotated", "cropped") if kind in z},
+                   **{f"{kind}_median_abs_z": round(float(np.median(z[kind][:, k])), 2)
+                      for kind in ("rotated", "cropped") if kind in z}}
+            for k, name in enumerate(geometry.names)},
+        "foreign_geometry_score_min": {kind: round(float(v.max(axis=1).min()), 2)
+                                       for kind, v in z.items()},
+    }
+
+
 def main() -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="LGG archive or unpacked kaggle_3m folder")
-    parser.add_argument("--model-version", required=True)
+    parser.add_argument("--model-version", help="the model version whose patients and engine "
+                                                "are used (not with --split)")
+    parser.add_argument("--split", help="geometry design on input statistics alone: a CSV of "
+                                        "patient_id, split (its test patients are not read)")
+    parser.add_argument("--size", type=int, default=128, help="model input size (--split)")
+    parser.add_argument("--norm", default="none", help="intensity_norm of the model input "
+                                                       "(--split)")
+    parser.add_argument("--seed", type=int, default=1, help="folds (--split; train_seed)")
     parser.add_argument("--home", default="bench/results/quality-home",
                         help="server data of bench/quality.py run")
     parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
@@ -305,9 +465,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, received {args.folds}")
+    if (args.model_version is None) == (args.split is None):
+        parser.error("give either --model-version or --split")
     start_logging()
     clock = time.perf_counter()
-    result = run(args)
+    result = run(args) if args.split is None else geometry_run(args)
     result["wall_s"] = round(time.perf_counter() - clock, 1)
     emit(result, args.json)
     return 0

@@ -179,8 +179,10 @@ class Settings(BaseModel):
     ood_study_rate: float = Field(
         0.05, gt=0, lt=1, description="Share of held-out in-distribution studies (training "
                                       "patients out of fold, validation patients) allowed over "
-                                      "the study detector's bound (its quantile); chosen by "
-                                      "bench/ood_design.py, never on test patients.")
+                                      "a study-level bound: the study detector's and the "
+                                      "geometry criterion's together (ood.GEOMETRY_SHARE of it "
+                                      "for the latter); chosen by bench/ood_design.py, never on "
+                                      "test patients.")
 
     # --- where training runs (retraining DAG) ---
     trainer: Literal["local", "docker"] = Field(

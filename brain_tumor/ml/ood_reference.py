@@ -4,8 +4,10 @@ Training slices (at most ``ood_max_train_slices``, sampled with ``train_seed``) 
 detector its centre and spread; the validation slices give its bound (``ood_slice_rate``) and
 the drift references. The study detector is fitted on every training slice's input statistics,
 one point per patient, and bounded (``ood_study_rate``) on the training patients' out-of-fold
-distances (folds dealt with ``train_seed``) and the validation patients'. Test slices never
-reach the fit: the rows are picked by split here.
+distances (folds dealt with ``train_seed``) and the validation patients'; the geometry
+criterion (head position, orientation and extent, ``ood.GeometryCheck``) is bounded the same way
+and shares ``ood_study_rate`` with it. Test slices never reach the fit: the rows are picked by
+split here.
 
 Both detectors look at the model's actual input, the resized slices mapped per study with the
 model version's ``intensity_norm``: input statistics (``ood.input_statistics``, what scoring
@@ -92,7 +94,10 @@ def fit_training_reference(model_input: ArrayDataset, classifier: Any, val_prob:
 def reference_bounds(reference: ood.Reference) -> dict[str, float]:
     """Each detector's bound, by name (the study detector's as "study")."""
     study = [] if reference.study is None else [reference.study]
-    return {d.name: round(float(d.bound), 6) for d in [*reference.detectors, *study]}
+    bounds = {d.name: round(float(d.bound), 6) for d in [*reference.detectors, *study]}
+    if reference.geometry is not None:
+        bounds["geometry"] = round(float(reference.geometry.bound), 6)
+    return bounds
 
 
 def write_reference(reference: ood.Reference, folder: Path) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """Out-of-distribution check: how unlike the training slices a slice or a study is.
 
-Slice detectors, each a distance to the training patients' slices, and a study detector, computed
-on the model's actual input (after resizing and intensity mapping; native size is not a signal):
+Slice detectors, each a distance to the training patients' slices, and two study-level
+criteria, computed on the model's actual input (after resizing and intensity mapping; native
+size is not a signal):
 
 - ``input``: cheap statistics of the image itself (``input_statistics``: foreground fraction,
   per-channel mean, spread, histogram and edge energy over the foreground, correlation between
-  channels, saturation, the head's aspect and its reach to the frame's edge, sharpness and
-  high-frequency ratio along x and y (blur), the short-period ripple of the head's row and
-  column profiles (stripe and zipper artefacts), empty grey levels (a narrow band stretched)),
+  channels, saturation, the head's aspect and its reach to the frame's edge, where the head lies
+  in the frame, which way it is elongated and how far it reaches (``head_mask``: its outline),
+  sharpness and high-frequency ratio along x and y (blur), the short-period ripple of the head's
+  row and column profiles (stripe and zipper artefacts), empty grey levels (a narrow band
+  stretched)),
   as a Mahalanobis distance with a shrunk correlation (each statistic standardized, then
   Ledoit-Wolf). The reference states the intensity mapping its statistics were taken after
   (``input_norm``, the model version's);
@@ -19,16 +22,23 @@ on the model's actual input (after resizing and intensity mapping; native size i
   (``study_summary``), against the training patients' medians: each standardized, their
   correlation shrunk ``STUDY_SHRINKAGE`` of the way to the identity (a few dozen training
   studies for about fifty statistics). Shifts too small against the spread of single slices
-  (blur, one channel missing) stand out once a whole study is summed up.
+  (blur, one channel missing) stand out once a whole study is summed up;
+- ``geometry``: a few head-geometry statistics (``GEOMETRY_STATS``: centroid offset, elongation,
+  extent) of the same study medians, each as a robust z against the training patients' medians
+  (median and MAD, the spread at least ``GEOMETRY_MIN_SPREAD``), the largest |z| the value
+  (``GeometryCheck``). A study turned or badly cropped moves one or two of these far, a shift
+  the study detector's fifty dimensions would dilute.
 
 Each slice detector's bound is a quantile of the **validation** slices' distances
 (``slice_rate``, the share of in-distribution slices allowed over it), never of test slices.
-The study detector's bound is a quantile (``study_rate``) of held-out in-distribution studies'
-distances: each training patient's from a detector fitted on the other folds of patients
-(out of fold), each validation patient's from the detector fitted on all training patients. A
-slice is flagged when any slice distance passes its bound; a study is flagged when at least
-``study_share`` of its slices are, or when its study distance passes the study bound. A flag
-says the input differs from what the model learned from; it does not say the
+The study detector's and the geometry criterion's bounds are quantiles of held-out
+in-distribution studies' values: each training patient's from a criterion fitted on the other
+folds of patients (out of fold), each validation patient's from the criterion fitted on all
+training patients; ``study_rate`` is shared between the two (``GEOMETRY_SHARE`` of it for the
+geometry criterion), so together they flag at most that share of held-out studies. A slice is
+flagged when any slice distance passes its bound; a study is flagged when at least
+``study_share`` of its slices are, or when its study distance or its geometry value passes its
+bound. A flag says the input differs from what the model learned from; it does not say the
 prediction is wrong, and no flag does not say it is right.
 
 Drift compares a batch's distribution of a value (study OOD scores, predicted probabilities)
@@ -40,9 +50,11 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -71,6 +83,19 @@ STUDY_SHRINKAGE = 0.8
 STUDY_FOLDS = 5
 #: fewer training patients than this: no study detector (its bound would mean nothing)
 MIN_STUDIES = 8
+#: the geometry criterion's statistics: where the head lies in the frame, which way it is
+#: elongated and how far it reaches (a turned or badly cropped study)
+GEOMETRY_STATS = ("head_centre_x", "head_centre_y", "head_axis_cos", "head_axis_sin",
+                  "head_extent_x", "head_extent_y")
+#: the smallest spread (MAD scaled to a standard deviation) a geometry statistic's robust z is
+#: taken with: 1 % of the frame (the statistics are fractions of it or ratios in -1..1)
+GEOMETRY_MIN_SPREAD = 0.01
+#: the share of ``study_rate`` (the held-out in-distribution studies allowed over a study-level
+#: bound) given to the geometry criterion; the study detector has the rest, so the two together
+#: flag at most ``study_rate`` of them. Small: turned and cropped studies lie far past the
+#: held-out studies' values, so a lower bound gains little, while the study detector keeps most
+#: of the rate for blur and a missing channel (chosen by bench/ood_design.py --split)
+GEOMETRY_SHARE = 0.2
 #: drift bound for the population stability index (0.25: a shift worth acting on)
 PSI_BOUND = 0.25
 #: how many reference values are kept for drift comparisons
@@ -87,6 +112,13 @@ INPUT_STAT_NAMES: tuple[str, ...] = (
     "saturated",  # share of foreground values at SATURATED_LEVEL or above (largest channel)
     "head_aspect",  # log of the head's spread across over its spread down the frame
     "head_border",  # share of the frame's outer ring inside the head (a cropped study)
+    # the head's outline (``head_mask``): centroid offset from the frame's centre, in frame
+    # widths / heights; elongation along the frame's axes ((Ixx - Iyy) / (Ixx + Iyy) of its
+    # second moments) and along the diagonals (2 Ixy / (Ixx + Iyy)), i.e. its eccentricity
+    # times the cos / sin of twice its principal axis's angle (no jump for a round head);
+    # extent (2nd to 98th percentile of its pixels) across / down the frame, in frame fractions
+    "head_centre_x", "head_centre_y", "head_axis_cos", "head_axis_sin",
+    "head_extent_x", "head_extent_y",
     "sharpness_x", "sharpness_y",  # mean |first difference| / spread over the head (blur)
     "highfreq_x", "highfreq_y",  # mean |second difference| / mean |first difference|
     "stripe_x", "stripe_y",  # short-period ripple of the head's column / row profile
@@ -124,6 +156,7 @@ def input_statistics(x: np.ndarray) -> np.ndarray:
         row += _correlations(vals)
         row.append(float((vals >= SATURATED_LEVEL).mean(axis=0).max()))
         row += _shape(fg)
+        row += _geometry(head_mask(img))
         out[n, :len(row)] = row
     out[:, -7:] = _texture(x)  # the last seven names, sharpness_x .. level_gaps
     return out
@@ -135,6 +168,48 @@ def _shape(fg: np.ndarray) -> list[float]:
     aspect = (float(np.log((xs.std() + 1.0) / (ys.std() + 1.0))) if len(xs) > 1 else 0.0)
     ring = np.concatenate([fg[0], fg[-1], fg[1:-1, 0], fg[1:-1, -1]])
     return [aspect, float(ring.mean())]
+
+
+def head_mask(img: np.ndarray) -> np.ndarray:
+    """H x W bool: the head's outline in one model-input slice (H x W x 3, 0..255).
+
+    A pixel is foreground when a channel differs by FOREGROUND_LEVEL or more from that channel's
+    background, the median of the frame's outer ring (a constant offset in one channel is not
+    head); only the largest 8-connected part is kept (background speckle dropped), its holes
+    filled (dark tissue inside the head is head).
+    """
+    img = np.asarray(img, np.float32)
+    ring = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
+    fg = (np.abs(img - np.median(ring, axis=0)).max(axis=-1) >= FOREGROUND_LEVEL)
+    count, labels, parts, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8),
+                                                                connectivity=8)
+    if count <= 1:
+        return fg
+    head = labels == 1 + int(np.argmax(parts[1:, cv2.CC_STAT_AREA]))
+    outside = np.pad(~head, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 2)  # the background reachable from the frame's edge
+    return head | (outside[1:-1, 1:-1] == 1)
+
+
+def _geometry(head: np.ndarray) -> list[float]:
+    """Centroid offset, elongation (axis cos, sin) and extent of a head mask (see
+    ``INPUT_STAT_NAMES``); zeros for fewer than 16 head pixels."""
+    ys, xs = np.nonzero(head)
+    if len(xs) < 16:
+        return [0.0] * 6
+    h, w = head.shape
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    ixx, iyy, ixy = float(np.mean(dx * dx)), float(np.mean(dy * dy)), float(np.mean(dx * dy))
+    total = max(ixx + iyy, 1e-9)
+    return [float(xs.mean() + 0.5) / w - 0.5, float(ys.mean() + 0.5) / h - 0.5,
+            (ixx - iyy) / total, 2.0 * ixy / total,
+            _span(head.sum(axis=0)) / w, _span(head.sum(axis=1)) / h]
+
+
+def _span(counts: np.ndarray) -> float:
+    """Pixels from the 2nd to the 98th percentile of a profile of head pixel counts."""
+    cum = np.cumsum(counts) / max(1, counts.sum())
+    return float(np.searchsorted(cum, 0.98) - np.searchsorted(cum, 0.02))
 
 
 def _texture(x: np.ndarray) -> np.ndarray:
@@ -331,14 +406,27 @@ def patient_folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[k::min(folds, count)]) for k in range(min(folds, count))]
 
 
-def out_of_fold_distances(summaries: np.ndarray, folds: int = STUDY_FOLDS,
-                          seed: int = 0) -> np.ndarray:
-    """S: each study's distance from a study detector fitted on the other folds' studies."""
+class StudyCriterion(Protocol):
+    """A study-level criterion: one value per study summary, and the bound it is held to."""
+
+    bound: float
+
+    def distance(self, values: np.ndarray) -> np.ndarray:
+        """S values of S x D study summaries."""
+        ...
+
+
+def out_of_fold_distances(summaries: np.ndarray, folds: int = STUDY_FOLDS, seed: int = 0,
+                          fit: Callable[[np.ndarray], StudyCriterion] | None = None
+                          ) -> np.ndarray:
+    """S: each study's value under a criterion ``fit`` on the other folds' studies (default:
+    the study detector, ``fit_study_detector``)."""
+    fit = fit_study_detector if fit is None else fit
     summaries = _at_least(summaries, MIN_STUDIES, "study summaries")
     out = np.zeros(len(summaries))
     for held in patient_folds(len(summaries), folds, seed):
         rest = np.setdiff1d(np.arange(len(summaries)), held)
-        out[held] = fit_study_detector(summaries[rest]).distance(summaries[held])
+        out[held] = fit(summaries[rest]).distance(summaries[held])
     return out
 
 
@@ -347,13 +435,80 @@ def fit_study(train_summaries: np.ndarray, validation_summaries: np.ndarray, stu
     """The study detector fitted on all training studies, and the held-out in-distribution
     distances its bound is the (1 - study_rate) quantile of: the training studies' out-of-fold
     distances and the validation studies' distances."""
-    if not 0.0 < study_rate < 1.0:
-        raise ValueError(f"study_rate must be in (0, 1), received {study_rate}")
     detector = fit_study_detector(train_summaries)
-    held_out = np.concatenate([out_of_fold_distances(train_summaries, folds, seed),
-                               detector.distance(validation_summaries)])
-    detector.bound = float(np.quantile(held_out, 1.0 - study_rate))
-    return detector, np.sort(held_out)
+    return detector, _bound_held_out(detector, fit_study_detector, train_summaries,
+                                     validation_summaries, study_rate, folds, seed)
+
+
+def fit_geometry(train_summaries: np.ndarray, validation_summaries: np.ndarray, rate: float,
+                 folds: int = STUDY_FOLDS, seed: int = 0) -> tuple[GeometryCheck, np.ndarray]:
+    """The geometry criterion fitted on all training studies, its bound the (1 - rate)
+    quantile of held-out in-distribution values (as ``fit_study``'s)."""
+    check = fit_geometry_check(train_summaries)
+    return check, _bound_held_out(check, fit_geometry_check, train_summaries,
+                                  validation_summaries, rate, folds, seed)
+
+
+def _bound_held_out(criterion: StudyCriterion, fit: Callable[[np.ndarray], StudyCriterion],
+                    train_summaries: np.ndarray, validation_summaries: np.ndarray, rate: float,
+                    folds: int, seed: int) -> np.ndarray:
+    """Set the criterion's bound to the (1 - rate) quantile of the training studies' out-of-fold
+    values and the validation studies' values; those values, sorted."""
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"study_rate must be in (0, 1), received {rate}")
+    held_out = np.concatenate([out_of_fold_distances(train_summaries, folds, seed, fit),
+                               criterion.distance(validation_summaries)])
+    criterion.bound = float(np.quantile(held_out, 1.0 - rate))
+    return np.sort(held_out)
+
+
+@dataclass
+class GeometryCheck:
+    """Where and how the head lies in the frame, against the training studies: for each of a
+    few head-geometry statistics, the robust z of a study's median (its distance to the
+    training studies' median over their spread, the MAD scaled to a standard deviation and at
+    least GEOMETRY_MIN_SPREAD); the criterion's value is the largest |z|."""
+
+    names: tuple[str, ...]  # statistics of INPUT_STAT_NAMES
+    centre: np.ndarray  # G: the training studies' median of each
+    scale: np.ndarray  # G: their spread
+    bound: float = float("inf")
+
+    def z(self, summaries: np.ndarray) -> np.ndarray:
+        """S x G robust z of S x D study summaries (D = len(INPUT_STAT_NAMES))."""
+        summaries = np.asarray(summaries, dtype=np.float64)
+        if summaries.ndim != 2 or summaries.shape[1] != len(INPUT_STAT_NAMES):
+            raise ValueError(f"geometry: expected S x {len(INPUT_STAT_NAMES)} study summaries, "
+                             f"received shape {summaries.shape}")
+        return (summaries[:, geometry_columns(self.names)] - self.centre) / self.scale
+
+    def distance(self, summaries: np.ndarray) -> np.ndarray:
+        """S: the largest |robust z| of each study summary."""
+        return np.abs(self.z(summaries)).max(axis=1)
+
+
+def geometry_columns(names: tuple[str, ...]) -> list[int]:
+    """The columns of INPUT_STAT_NAMES the named statistics are."""
+    unknown = [n for n in names if n not in INPUT_STAT_NAMES]
+    if unknown or not names:
+        raise ValueError(f"geometry statistics must be some of INPUT_STAT_NAMES, received "
+                         f"{list(names)}")
+    return [INPUT_STAT_NAMES.index(n) for n in names]
+
+
+def fit_geometry_check(summaries: np.ndarray, names: tuple[str, ...] = GEOMETRY_STATS,
+                       min_spread: float = GEOMETRY_MIN_SPREAD) -> GeometryCheck:
+    """The geometry criterion's centre and spread on training study summaries (S x D)."""
+    if min_spread <= 0:
+        raise ValueError(f"min_spread must be positive, received {min_spread}")
+    summaries = _at_least(summaries, 3, "study summaries")
+    if summaries.shape[1] != len(INPUT_STAT_NAMES):
+        raise ValueError(f"geometry: expected S x {len(INPUT_STAT_NAMES)} study summaries, "
+                         f"received shape {summaries.shape}")
+    values = summaries[:, geometry_columns(names)]
+    centre = np.median(values, axis=0)
+    mad = 1.4826 * np.median(np.abs(values - centre), axis=0)
+    return GeometryCheck(tuple(names), centre, np.maximum(mad, min_spread))
 
 
 @dataclass
@@ -369,9 +524,13 @@ class Reference:
     #: version's ``intensity_norm``); None: a reference that does not state it
     input_norm: str | None = None
     #: the study detector (input statistics' medians) and the share of held-out in-distribution
-    #: studies allowed over its bound; None: a reference without one (slice rules alone)
+    #: studies allowed over a study-level bound (the study detector's and the geometry
+    #: criterion's together); None: a reference without one (slice rules alone)
     study: Detector | None = None
     study_rate: float | None = None
+    #: the geometry criterion (``GeometryCheck``), bounded at GEOMETRY_SHARE of ``study_rate``;
+    #: None: a reference without one
+    geometry: GeometryCheck | None = None
 
     def detector(self, name: str) -> Detector | None:
         """The detector named ``name``, or None."""
@@ -394,6 +553,11 @@ class Reference:
             arrays["study__bound"] = np.array(self.study.bound)
             arrays["study__rate"] = np.array(np.nan if self.study_rate is None
                                              else self.study_rate)
+        if self.geometry is not None:
+            arrays["geometry__names"] = np.array(self.geometry.names)
+            arrays["geometry__centre"] = self.geometry.centre
+            arrays["geometry__scale"] = self.geometry.scale
+            arrays["geometry__bound"] = np.array(self.geometry.bound)
         for key, values in self.validation.items():
             arrays[f"validation__{key}"] = values
         buf = io.BytesIO()
@@ -415,17 +579,27 @@ class Reference:
                                  float(z["study__bound"]))
                 rate = float(z["study__rate"])
                 study_rate = None if np.isnan(rate) else rate
+            geometry = _read_geometry(z)
             return cls(detectors, float(z["slice_rate"]), float(z["study_share"]), validation,
-                       input_norm=norm, study=study, study_rate=study_rate)
+                       input_norm=norm, study=study, study_rate=study_rate, geometry=geometry)
 
     def set_study_rate(self, study_rate: float) -> float:
-        """Set the study bound to the (1 - study_rate) quantile of the held-out in-distribution
-        studies' distances the fit kept (``validation["study_distance"]``)."""
+        """Set the study-level bounds for ``study_rate`` from the held-out in-distribution
+        studies' values the fit kept: the study detector's to the (1 - study_rate) quantile of
+        ``validation["study_distance"]``, or with a geometry criterion the study detector's at
+        (1 - GEOMETRY_SHARE) of the rate and the geometry criterion's at GEOMETRY_SHARE of it
+        (of ``validation["geometry_score"]``). Returns the study detector's bound."""
         if self.study is None or "study_distance" not in self.validation:
             raise ValueError("the reference has no study detector with held-out distances")
         if not 0.0 < study_rate < 1.0:
             raise ValueError(f"study_rate must be in (0, 1), received {study_rate}")
-        self.study.bound = float(np.quantile(self.validation["study_distance"], 1 - study_rate))
+        geometry_rate = 0.0
+        if self.geometry is not None and "geometry_score" in self.validation:
+            geometry_rate = GEOMETRY_SHARE * study_rate
+            self.geometry.bound = float(np.quantile(self.validation["geometry_score"],
+                                                    1 - geometry_rate))
+        self.study.bound = float(np.quantile(self.validation["study_distance"],
+                                             1 - (study_rate - geometry_rate)))
         self.study_rate = study_rate
         return self.study.bound
 
@@ -435,6 +609,21 @@ class Reference:
         det = self.detector("input")
         return (det is not None and self.input_norm is not None
                 and det.mean.shape[0] == len(INPUT_STAT_NAMES))
+
+
+def _read_geometry(z: Any) -> GeometryCheck | None:
+    """The geometry criterion of a stored reference; None when it has none, or (logged) when it
+    names statistics this code does not compute."""
+    if "geometry__names" not in z.files:
+        return None
+    names = tuple(str(n) for n in z["geometry__names"])
+    unknown = [n for n in names if n not in INPUT_STAT_NAMES]
+    if unknown:
+        log.warning("the reference's geometry criterion names statistics this code does not "
+                    "compute (%s); it is left out", unknown)
+        return None
+    return GeometryCheck(names, z["geometry__centre"], z["geometry__scale"],
+                         float(z["geometry__bound"]))
 
 
 def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *,
@@ -455,13 +644,16 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
     ``seed``): on ``study_train`` (the input statistics of every training slice; default
     ``train["input"]``) grouped by ``train_patients``, and ``validation["input"]`` grouped by
     ``validation_patients`` (one patient id per row of each); with fewer than MIN_STUDIES
-    training patients it is left out (logged).
+    training patients it is left out (logged). When the input statistics are this code's (one
+    column per ``INPUT_STAT_NAMES``), the geometry criterion is fitted beside it on the same
+    studies (``fit_geometry``), and ``study_rate`` is shared: GEOMETRY_SHARE of it for the
+    geometry criterion, the rest for the study detector.
     """
     if not 0.0 < study_share <= 1.0:
         raise ValueError(f"study_share must be in (0, 1], received {study_share}")
-    study, held_out = None, None
+    study, held_out, geometry, geometry_held_out = None, None, None, None
     if study_rate is not None:
-        study, held_out = _fit_study_of(
+        study, held_out, geometry, geometry_held_out = _fit_study_of(
             train["input"] if study_train is None else study_train, train_patients,
             validation.get("input"), validation_patients, study_rate, seed)
     fitters = {"input": fit_input_detector, "features": fit_feature_detector}
@@ -481,7 +673,8 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
         drift[f"{name}_distance"] = _sample(det.distance(validation[name]) / det.bound)
     facts = {"train_slices": len(train["input"]), "validation_slices": len(validation["input"])}
     ref = Reference(detectors, slice_rate, study_share, drift, facts, input_norm=input_norm,
-                    study=study, study_rate=None if study is None else study_rate)
+                    study=study, study_rate=None if study is None else study_rate,
+                    geometry=geometry)
     ref.validation["study_score"] = _sample(np.max(
         [ref.validation[f"{d.name}_distance"] for d in detectors], axis=0))
     if validation_prob is not None:
@@ -490,23 +683,35 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
         ref.validation["study_distance"] = held_out
         ref.facts.update(train_studies=len(np.unique(train_patients)),
                          validation_studies=len(np.unique(validation_patients)))
+    if geometry_held_out is not None:
+        ref.validation["geometry_score"] = geometry_held_out
     return ref
 
 
 def _fit_study_of(train_stats: np.ndarray, train_patients: np.ndarray | None,
                   validation_stats: np.ndarray | None, validation_patients: np.ndarray | None,
-                  study_rate: float, seed: int) -> tuple[Detector | None, np.ndarray | None]:
-    """``fit_study`` on slices grouped by patient; (None, None) with too few training patients."""
+                  study_rate: float, seed: int) -> tuple[Any, Any, Any, Any]:
+    """``fit_study`` and (input statistics of this code) ``fit_geometry`` on slices grouped by
+    patient: (study detector, its held-out distances, geometry criterion, its held-out values),
+    the geometry pair None without one, all None with too few training patients."""
     if train_patients is None or validation_patients is None or validation_stats is None:
         raise ValueError("the study detector needs the training and validation slices' patient "
                          "ids and input statistics")
+    if not 0.0 < study_rate < 1.0:
+        raise ValueError(f"study_rate must be in (0, 1), received {study_rate}")
     train_sum = study_summaries(train_stats, train_patients)
     if len(train_sum) < MIN_STUDIES:
         log.info("study detector left out: %d training patients, at least %d needed",
                  len(train_sum), MIN_STUDIES)
-        return None, None
-    return fit_study(train_sum, study_summaries(validation_stats, validation_patients),
-                     study_rate, seed=seed)
+        return None, None, None, None
+    val_sum = study_summaries(validation_stats, validation_patients)
+    if train_sum.shape[1] != len(INPUT_STAT_NAMES):
+        log.info("geometry criterion left out: %d input statistics, not this code's %d",
+                 train_sum.shape[1], len(INPUT_STAT_NAMES))
+        return (*fit_study(train_sum, val_sum, study_rate, seed=seed), None, None)
+    geometry_rate = GEOMETRY_SHARE * study_rate
+    return (*fit_study(train_sum, val_sum, study_rate - geometry_rate, seed=seed),
+            *fit_geometry(train_sum, val_sum, geometry_rate, seed=seed))
 
 
 def _sample(values: np.ndarray, size: int = DRIFT_SAMPLE) -> np.ndarray:
@@ -528,6 +733,9 @@ class OodResult:
     reasons: list[dict[str, Any]]  # per detector over its bound: statistic, value, bound, share
     #: the study detector's distance (None: no study detector, or no input statistics given)
     study_distance: float | None = None
+    #: the geometry criterion's value, the largest |robust z| (None: no criterion, or no input
+    #: statistics of this code given)
+    geometry_score: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The fields summary.json carries."""
@@ -537,7 +745,9 @@ class OodResult:
 
 def check(reference: Reference, values: dict[str, np.ndarray]) -> OodResult:
     """Score one study's slices (``values``: detector name -> N x D) against the reference: the
-    slice detectors' share rule, and the study detector on the input statistics' medians."""
+    slice detectors' share rule, and the study detector and the geometry criterion on the input
+    statistics' medians. A geometry statistic over the bound gives the reason
+    ``<statistic>_robust_z``, its value the study's |robust z|."""
     scores, reasons = [], []
     for det in reference.detectors:
         if det.name not in values:
@@ -555,16 +765,27 @@ def check(reference: Reference, values: dict[str, np.ndarray]) -> OodResult:
                          f" in the values given ({sorted(values)})")
     slice_score = np.max(scores, axis=0)
     flag = slice_score > 1.0
-    study_distance = None
-    if reference.study is not None and "input" in values:
-        study_distance = float(reference.study.distance(
-            study_summary(values["input"])[None, :])[0])
+    study_distance, geometry_score = None, None
+    summary = study_summary(values["input"])[None, :] if "input" in values else None
+    if reference.study is not None and summary is not None:
+        study_distance = float(reference.study.distance(summary)[0])
         if study_distance > reference.study.bound:
             reasons.append({"statistic": "study_distance", "value": round(study_distance, 4),
                             "bound": round(reference.study.bound, 4),
                             "slices_over": round(float(flag.mean()), 4)})
+    geometry = reference.geometry
+    if (geometry is not None and summary is not None
+            and summary.shape[1] == len(INPUT_STAT_NAMES)):
+        z = np.abs(geometry.z(summary)[0])
+        geometry_score = float(z.max())
+        for k in np.argsort(-z):
+            if z[k] > geometry.bound:
+                reasons.append({"statistic": f"{geometry.names[k]}_robust_z",
+                                "value": round(float(z[k]), 4),
+                                "bound": round(geometry.bound, 4),
+                                "slices_over": round(float(flag.mean()), 4)})
     return OodResult(slice_score, flag, bool(reasons), float(np.median(slice_score)), reasons,
-                     study_distance)
+                     study_distance, geometry_score)
 
 
 def psi(reference: np.ndarray, sample: np.ndarray, bins: int = 10) -> float:

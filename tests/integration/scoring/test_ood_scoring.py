@@ -119,7 +119,8 @@ def test_each_foreign_kind_is_flagged_with_reasons(env, test_patient_slices, tmp
     assert summary["out_of_distribution"] is True, summary
     assert summary["ood_score"] > 1 and summary["ood_slices"] >= 1
     for reason in summary["ood_reasons"]:
-        assert reason["statistic"] in ("input_distance", "features_distance", "study_distance")
+        assert (reason["statistic"] in ("input_distance", "features_distance", "study_distance")
+                or reason["statistic"].removesuffix("_robust_z") in ood.GEOMETRY_STATS)
         assert reason["value"] > reason["bound"] > 0
     assert summary["ood_reasons"]
     table = store.get_parquet(scores.output_key(version, sid, "slices.parquet"))
@@ -272,3 +273,41 @@ def test_the_study_detector_judges_whole_studies_through_the_pipeline(env, test_
     assert len(study_reasons) == 1
     assert study_reasons[0]["value"] > study_reasons[0]["bound"] == pytest.approx(
         reference.study.bound, abs=1e-4)
+
+
+def test_the_geometry_criterion_flags_a_turned_study_through_the_pipeline(
+        env, test_patient_slices, tmp_path):
+    settings, store, version = env
+    models = ModelStore(store, settings)
+    record = models.record(version)
+    reference = load_reference(store, settings, record)
+    # the geometry criterion fitted on synthetic studies drawn like the training data's, the
+    # heads lying a pixel or so differently in the frame from study to study
+    folders = make_studies(tmp_path / "fit", SynthSpec(patients=24, slices=6, size=32, seed=22))
+    rng = np.random.default_rng(0)
+    summaries = []
+    for folder in folders:
+        shift = tuple(int(v) for v in rng.integers(-1, 2, 2))
+        images = [np.roll(decode_image(p.read_bytes()), shift, axis=(0, 1))
+                  for p in sorted(folder.glob("*.tif"))]
+        summaries.append(ood.study_summary(ood.input_statistics(study_input(
+            images, int(record["image_size"]), str(reference.input_norm)))))
+    summaries = np.array(summaries)
+    reference.geometry, reference.validation["geometry_score"] = ood.fit_geometry(
+        summaries[:18], summaries[18:], 0.01)
+    store.put(models.key(version, OOD_FILE), reference.to_bytes())
+    good = _upload(store, settings, write_tiff_study(tmp_path / "in", test_patient_slices))
+    turned = _upload(store, settings, write_tiff_study(
+        tmp_path / "turned", foreign_slices("rotated", test_patient_slices), name="TURNED"))
+
+    _score(store, settings, version, good)
+    _score(store, settings, version, turned)
+
+    scores = ScoreStore(store, settings)
+    assert scores.summary(version, good)["out_of_distribution"] is False
+    summary = validate_record("study_summary", store.get_json(
+        scores.output_key(version, turned, "summary.json")))
+    geometry = [r for r in summary["ood_reasons"] if r["statistic"].endswith("_robust_z")]
+    assert geometry and geometry[0]["statistic"] == "head_axis_cos_robust_z"
+    assert all(r["value"] > r["bound"] == pytest.approx(reference.geometry.bound, abs=1e-4)
+               for r in geometry)

@@ -97,7 +97,8 @@ def test_bounds_come_from_validation_slices_and_test_slices_never_count(classifi
 
     entry = write_reference(reference, tmp_path)
     assert (tmp_path / "ood.npz").read_bytes() == reference.to_bytes()
-    assert entry["bounds"].keys() == {"input", "features", "study"}
+    assert entry["bounds"].keys() == {"input", "features", "study", "geometry"}
+    assert entry["bounds"]["geometry"] == pytest.approx(reference.geometry.bound, abs=1e-6)
     assert (entry["train_slices"], entry["validation_slices"]) == (30, 12)
     assert (entry["train_studies"], entry["validation_studies"]) == (10, 3)
     assert entry["study_rate"] == SETTINGS.ood_study_rate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 
@@ -330,3 +331,176 @@ def test_study_inputs_are_checked() -> None:
         ood.fit_study(ood.study_summaries(train, ids), ood.study_summaries(train, ids), 1.5)
     with pytest.raises(ValueError, match="shrinkage"):
         ood.fit_study_detector(ood.study_summaries(train, ids), shrinkage=2.0)
+
+
+# --- the geometry criterion: where and how the head lies in the frame, per study ---
+def placed_study(seed: int, slices: int = 12) -> list[np.ndarray]:
+    """A synthetic study whose head is shifted and scaled a little (per study), as patients lie
+    a little differently in the frame."""
+    rng = np.random.default_rng(10_000 + seed)
+    dx, dy = rng.normal(0.0, 1.0, 2)
+    scale = 1.0 + rng.normal(0.0, 0.03)
+    centre = SIZE / 2
+    move = np.array([[scale, 0.0, centre * (1 - scale) + dx],
+                     [0.0, scale, centre * (1 - scale) + dy]])
+    return [cv2.warpAffine(img, move, (SIZE, SIZE), flags=cv2.INTER_LINEAR)
+            for img in study(seed, slices)]
+
+
+def placed_values(seeds: range) -> tuple[np.ndarray, np.ndarray]:
+    """Input statistics of placed studies, and the patient id of each row."""
+    values = [stats(placed_study(s)) for s in seeds]
+    return np.concatenate(values), np.concatenate([[f"p{s}"] * len(v)
+                                                   for s, v in zip(seeds, values, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def geometry_reference() -> ood.Reference:
+    train, train_ids = placed_values(range(20))
+    val, val_ids = placed_values(range(100, 110))
+    return ood.fit_reference({"input": train}, {"input": val}, slice_rate=0.01,
+                             study_share=0.6, study_rate=0.05, train_patients=train_ids,
+                             validation_patients=val_ids)
+
+
+def _geometry_reasons(result: ood.OodResult) -> list[dict]:
+    return [r for r in result.reasons if r["statistic"].endswith("_robust_z")]
+
+
+def test_head_geometry_statistics_follow_the_head() -> None:
+    column = {n: i for i, n in enumerate(ood.INPUT_STAT_NAMES)}
+    base = stats(study(9, 4))
+    # the synthetic head is centred and wider than tall
+    assert np.all(np.abs(base[:, column["head_centre_x"]]) < 0.05)
+    assert np.all(base[:, column["head_axis_cos"]] > 0.1)
+    assert np.all(base[:, column["head_extent_x"]] > base[:, column["head_extent_y"]])
+    turned = stats(foreign_slices("rotated", study(9, 4)))
+    assert np.all(turned[:, column["head_axis_cos"]] < -0.1)
+    assert np.all(turned[:, column["head_extent_y"]] > turned[:, column["head_extent_x"]])
+    # part of the head enlarged to the frame: it reaches across the whole frame
+    cropped = stats(foreign_slices("cropped", study(9, 4), seed=1))
+    assert np.all(cropped[:, column["head_extent_x"]] > base[:, column["head_extent_x"]])
+    # the head moved a sixteenth of the frame to the right (still inside it)
+    moved = [np.roll(img, SIZE // 16, axis=1) for img in study(9, 4)]
+    assert np.all(np.abs(stats(moved)[:, column["head_centre_x"]] - 1 / 16) < 0.02)
+
+
+def test_the_head_mask_ignores_a_background_offset_and_speckle() -> None:
+    rng = np.random.default_rng(5)
+    img = make_slice(rng, SIZE, None)[0]
+    clean = ood.head_mask(img.astype(np.float32))
+    odd = img.astype(np.float32)
+    odd[..., 0] += 60.0  # one channel with a constant background level
+    odd[rng.random((SIZE, SIZE)) < 0.02] = 200.0  # bright speckle outside the head too
+    mask = ood.head_mask(np.clip(odd, 0, 255))
+    assert 0.4 < clean.mean() < 0.7
+    assert np.mean(mask != clean) < 0.01
+    # the foreground level alone would take the whole frame
+    assert (odd.max(axis=-1) >= ood.FOREGROUND_LEVEL).mean() == 1.0
+
+
+@pytest.mark.parametrize("kind", ["rotated", "cropped"])
+def test_turned_and_cropped_studies_are_flagged_by_the_geometry_criterion(
+        geometry_reference: ood.Reference, kind: str) -> None:
+    bound = geometry_reference.geometry.bound
+    for seed in range(3):
+        odd = foreign_slices(kind, placed_study(200 + seed), seed=seed)
+        result = ood.check(geometry_reference, {"input": stats(odd)})
+        reasons = _geometry_reasons(result)
+        assert result.flagged and reasons, (kind, result.reasons)
+        assert result.geometry_score == pytest.approx(reasons[0]["value"], abs=1e-4)
+        assert all(r["value"] > r["bound"] == pytest.approx(bound, abs=1e-4) for r in reasons)
+        assert [r["value"] for r in reasons] == sorted((r["value"] for r in reasons),
+                                                       reverse=True)
+        names = {r["statistic"].removesuffix("_robust_z") for r in reasons}
+        assert names <= set(ood.GEOMETRY_STATS)
+    if kind == "rotated":
+        assert "head_axis_cos" in names  # the head is elongated the other way
+
+
+def test_in_distribution_studies_pass_the_geometry_criterion(
+        geometry_reference: ood.Reference) -> None:
+    results = [ood.check(geometry_reference, {"input": stats(placed_study(300 + s))})
+               for s in range(12)]
+    assert all(r.geometry_score is not None for r in results)
+    assert not any(_geometry_reasons(r) for r in results)
+    assert max(r.geometry_score for r in results) < geometry_reference.geometry.bound
+
+
+def test_the_study_rate_is_shared_with_the_geometry_criterion(
+        geometry_reference: ood.Reference) -> None:
+    ref = geometry_reference
+    geometry_held, study_held = ref.validation["geometry_score"], ref.validation["study_distance"]
+    assert len(geometry_held) == len(study_held) == 30
+    share = ood.GEOMETRY_SHARE * 0.05
+    assert ref.geometry.bound == pytest.approx(np.quantile(geometry_held, 1 - share))
+    assert ref.study.bound == pytest.approx(np.quantile(study_held, 1 - (0.05 - share)))
+    try:
+        ref.set_study_rate(0.2)
+        assert ref.geometry.bound == pytest.approx(
+            np.quantile(geometry_held, 1 - ood.GEOMETRY_SHARE * 0.2))
+        assert ref.study.bound == pytest.approx(
+            np.quantile(study_held, 1 - (1 - ood.GEOMETRY_SHARE) * 0.2))
+    finally:
+        ref.set_study_rate(0.05)
+    assert ref.study_rate == 0.05
+
+
+def test_the_geometry_criterion_is_robust_to_an_odd_training_study() -> None:
+    train, ids = placed_values(range(12))
+    summaries = ood.study_summaries(train, ids)
+    base = ood.fit_geometry_check(summaries)
+    odd = summaries.copy()
+    odd[0, ood.geometry_columns(ood.GEOMETRY_STATS)] += 1.0
+    moved = ood.fit_geometry_check(odd)
+    assert np.allclose(moved.centre, base.centre, atol=0.02)
+    assert np.all(moved.scale < 2 * base.scale)
+    # a statistic that never varies is judged with the floor on its spread
+    flat = summaries.copy()
+    flat[:, ood.INPUT_STAT_NAMES.index("head_centre_y")] = 0.0
+    assert ood.fit_geometry_check(flat).scale[1] == ood.GEOMETRY_MIN_SPREAD
+    with pytest.raises(ValueError, match="received \\['head_tilt'\\]"):
+        ood.fit_geometry_check(summaries, names=("head_tilt",))
+    with pytest.raises(ValueError, match="study summaries, received shape"):
+        base.distance(summaries[:, :12])
+
+
+def test_geometry_criterion_round_trips_and_old_references_still_load(
+        geometry_reference: ood.Reference, caplog: pytest.LogCaptureFixture) -> None:
+    odd = stats(foreign_slices("rotated", placed_study(210)))
+    back = ood.Reference.from_bytes(geometry_reference.to_bytes())
+    assert back.geometry is not None and back.geometry.names == ood.GEOMETRY_STATS
+    assert back.geometry.bound == geometry_reference.geometry.bound
+    assert np.array_equal(back.validation["geometry_score"],
+                          geometry_reference.validation["geometry_score"])
+    first = ood.check(geometry_reference, {"input": odd})
+    assert ood.check(back, {"input": odd}).reasons == first.reasons and _geometry_reasons(first)
+
+    # bytes written before the geometry criterion: the study detector alone, at the whole rate
+    with np.load(io.BytesIO(geometry_reference.to_bytes())) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("geometry__")
+                  and k != "validation__geometry_score"}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    old = ood.Reference.from_bytes(buf.getvalue())
+    assert old.geometry is None and old.study is not None
+    result = ood.check(old, {"input": odd})
+    assert result.geometry_score is None and not _geometry_reasons(result)
+    assert old.set_study_rate(0.05) == pytest.approx(
+        np.quantile(old.validation["study_distance"], 0.95))
+
+    # a reference naming a statistic this code does not compute: its geometry criterion is left
+    arrays = {**arrays, "geometry__names": np.array(["head_tilt"]),
+              "geometry__centre": np.zeros(1), "geometry__scale": np.ones(1),
+              "geometry__bound": np.array(3.0)}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    with caplog.at_level("WARNING"):
+        assert ood.Reference.from_bytes(buf.getvalue()).geometry is None
+    assert "head_tilt" in caplog.text
+
+
+def test_other_input_statistics_leave_the_geometry_criterion_out(study_reference) -> None:
+    # the study detector on statistics other than this code's (12 columns): no geometry
+    assert study_reference.study is not None and study_reference.geometry is None
+    assert "geometry_score" not in study_reference.validation
