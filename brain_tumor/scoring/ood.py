@@ -690,7 +690,9 @@ def fit_reference(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
 
 def _fit_study_of(train_stats: np.ndarray, train_patients: np.ndarray | None,
                   validation_stats: np.ndarray | None, validation_patients: np.ndarray | None,
-                  study_rate: float, seed: int) -> tuple[Any, Any, Any, Any]:
+                  study_rate: float, seed: int
+                  ) -> tuple[Detector | None, np.ndarray | None, GeometryCheck | None,
+                             np.ndarray | None]:
     """``fit_study`` and (input statistics of this code) ``fit_geometry`` on slices grouped by
     patient: (study detector, its held-out distances, geometry criterion, its held-out values),
     the geometry pair None without one, all None with too few training patients."""
