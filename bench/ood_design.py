@@ -380,13 +380,15 @@ def geometry_figures(train: np.ndarray, val: np.ndarray, foreign: dict[str, np.n
     pooled = np.concatenate([train, val])
     is_train = np.arange(len(pooled)) < len(train)
     heldout = {"geometry": np.zeros(len(pooled)), "study": np.zeros(len(pooled))}
+    oof_z = np.zeros((len(pooled), len(ood.GEOMETRY_STATS)))
     inner: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     for fold in folds_of(list(range(len(pooled))), folds, seed):
         rest = np.setdiff1d(np.arange(len(pooled)), fold)
         fit_train, fit_val = pooled[rest[is_train[rest]]], pooled[rest[~is_train[rest]]]
         geometry, g_held = ood.fit_geometry(fit_train, fit_val, 0.5, seed=seed)
         study, s_held = ood.fit_study(fit_train, fit_val, 0.5, seed=seed)
-        heldout["geometry"][fold] = geometry.distance(pooled[fold])
+        oof_z[fold] = np.abs(geometry.z(pooled[fold]))
+        heldout["geometry"][fold] = oof_z[fold].max(axis=1)
         heldout["study"][fold] = study.distance(pooled[fold])
         inner.append((np.array(fold), {"geometry": g_held, "study": s_held}))
     geometry, g_full = ood.fit_geometry(train, val, 0.5, seed=seed)
@@ -421,10 +423,6 @@ def geometry_figures(train: np.ndarray, val: np.ndarray, foreign: dict[str, np.n
                                   "either": float((over["geometry"] | over["study"]).mean())},
             "foreign_caught": caught})
     z = {kind: np.abs(geometry.z(values)) for kind, values in foreign.items()}
-    oof_z = np.zeros((len(pooled), len(geometry.names)))
-    for fold, _ in inner:
-        rest = np.setdiff1d(np.arange(len(pooled)), fold)
-        oof_z[fold] = np.abs(ood.fit_geometry_check(pooled[rest[is_train[rest]]]).z(pooled[fold]))
     return {
         "folds": folds, "seed": seed, "geometry_share": ood.GEOMETRY_SHARE,
         "geometry_min_spread": ood.GEOMETRY_MIN_SPREAD, "rates": rates,

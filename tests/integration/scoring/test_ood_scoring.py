@@ -244,31 +244,52 @@ def test_the_batch_summary_counts_flagged_studies_and_states_drift(env, test_pat
                             "g") in sent
 
 
+def _synthetic_summaries(env, reference: ood.Reference, tmp_path: Path, seed: int,
+                         shifts: np.random.Generator | None = None) -> np.ndarray:
+    """Study summaries of 24 synthetic studies drawn like the training data's, on the model
+    input; with ``shifts``, each study's slices moved by up to a pixel in each direction."""
+    settings, store, version = env
+    size = int(ModelStore(store, settings).record(version)["image_size"])
+    folders = make_studies(tmp_path / "fit", SynthSpec(patients=24, slices=6, size=32, seed=seed))
+    summaries = []
+    for folder in folders:
+        shift = (0, 0) if shifts is None else tuple(int(v) for v in shifts.integers(-1, 2, 2))
+        images = [np.roll(decode_image(p.read_bytes()), shift, axis=(0, 1))
+                  for p in sorted(folder.glob("*.tif"))]
+        summaries.append(ood.study_summary(ood.input_statistics(study_input(
+            images, size, str(reference.input_norm)))))
+    return np.array(summaries)
+
+
+def _score_beside_one(env, reference: ood.Reference, slices: list[np.ndarray], tmp_path: Path,
+                      kind: str) -> tuple[dict, dict]:
+    """Store ``reference`` as the version's, score the unseen patient's study and its ``kind``
+    foreign version; (the first's summary, the second's schema-checked summary)."""
+    settings, store, version = env
+    store.put(ModelStore(store, settings).key(version, OOD_FILE), reference.to_bytes())
+    good = _upload(store, settings, write_tiff_study(tmp_path / "in", slices))
+    odd = _upload(store, settings, write_tiff_study(
+        tmp_path / kind, foreign_slices(kind, slices), name="ODD"))
+    _score(store, settings, version, good)
+    _score(store, settings, version, odd)
+    scores = ScoreStore(store, settings)
+    return scores.summary(version, good), validate_record("study_summary", store.get_json(
+        scores.output_key(version, odd, "summary.json")))
+
+
 def test_the_study_detector_judges_whole_studies_through_the_pipeline(env, test_patient_slices,
                                                                       tmp_path):
     settings, store, version = env
-    models = ModelStore(store, settings)
-    record = models.record(version)
-    reference = load_reference(store, settings, record)
+    reference = load_reference(store, settings, ModelStore(store, settings).record(version))
     # a study detector fitted on synthetic studies drawn like the training data's
-    folders = make_studies(tmp_path / "fit", SynthSpec(patients=24, slices=6, size=32, seed=21))
-    summaries = np.array([ood.study_summary(ood.input_statistics(study_input(
-        [decode_image(p.read_bytes()) for p in sorted(f.glob("*.tif"))],
-        int(record["image_size"]), str(reference.input_norm)))) for f in folders])
+    summaries = _synthetic_summaries(env, reference, tmp_path, seed=21)
     reference.study, _ = ood.fit_study(summaries[:18], summaries[18:], 0.05)
     reference.study_rate = 0.05
-    store.put(models.key(version, OOD_FILE), reference.to_bytes())
-    good = _upload(store, settings, write_tiff_study(tmp_path / "in", test_patient_slices))
-    odd = _upload(store, settings, write_tiff_study(
-        tmp_path / "noise", foreign_slices("noise", test_patient_slices), name="ODD"))
 
-    _score(store, settings, version, good)
-    _score(store, settings, version, odd)
+    in_distribution, summary = _score_beside_one(env, reference, test_patient_slices, tmp_path,
+                                                 "noise")
 
-    scores = ScoreStore(store, settings)
-    assert scores.summary(version, good)["out_of_distribution"] is False
-    summary = validate_record("study_summary", store.get_json(
-        scores.output_key(version, odd, "summary.json")))
+    assert in_distribution["out_of_distribution"] is False
     study_reasons = [r for r in summary["ood_reasons"] if r["statistic"] == "study_distance"]
     assert len(study_reasons) == 1
     assert study_reasons[0]["value"] > study_reasons[0]["bound"] == pytest.approx(
@@ -278,35 +299,18 @@ def test_the_study_detector_judges_whole_studies_through_the_pipeline(env, test_
 def test_the_geometry_criterion_flags_a_turned_study_through_the_pipeline(
         env, test_patient_slices, tmp_path):
     settings, store, version = env
-    models = ModelStore(store, settings)
-    record = models.record(version)
-    reference = load_reference(store, settings, record)
+    reference = load_reference(store, settings, ModelStore(store, settings).record(version))
     # the geometry criterion fitted on synthetic studies drawn like the training data's, the
     # heads lying a pixel or so differently in the frame from study to study
-    folders = make_studies(tmp_path / "fit", SynthSpec(patients=24, slices=6, size=32, seed=22))
-    rng = np.random.default_rng(0)
-    summaries = []
-    for folder in folders:
-        shift = tuple(int(v) for v in rng.integers(-1, 2, 2))
-        images = [np.roll(decode_image(p.read_bytes()), shift, axis=(0, 1))
-                  for p in sorted(folder.glob("*.tif"))]
-        summaries.append(ood.study_summary(ood.input_statistics(study_input(
-            images, int(record["image_size"]), str(reference.input_norm)))))
-    summaries = np.array(summaries)
+    summaries = _synthetic_summaries(env, reference, tmp_path, seed=22,
+                                     shifts=np.random.default_rng(0))
     reference.geometry, reference.validation["geometry_score"] = ood.fit_geometry(
         summaries[:18], summaries[18:], 0.01)
-    store.put(models.key(version, OOD_FILE), reference.to_bytes())
-    good = _upload(store, settings, write_tiff_study(tmp_path / "in", test_patient_slices))
-    turned = _upload(store, settings, write_tiff_study(
-        tmp_path / "turned", foreign_slices("rotated", test_patient_slices), name="TURNED"))
 
-    _score(store, settings, version, good)
-    _score(store, settings, version, turned)
+    in_distribution, summary = _score_beside_one(env, reference, test_patient_slices, tmp_path,
+                                                 "rotated")
 
-    scores = ScoreStore(store, settings)
-    assert scores.summary(version, good)["out_of_distribution"] is False
-    summary = validate_record("study_summary", store.get_json(
-        scores.output_key(version, turned, "summary.json")))
+    assert in_distribution["out_of_distribution"] is False
     geometry = [r for r in summary["ood_reasons"] if r["statistic"].endswith("_robust_z")]
     assert geometry and geometry[0]["statistic"] == "head_axis_cos_robust_z"
     assert all(r["value"] > r["bound"] == pytest.approx(reference.geometry.bound, abs=1e-4)

@@ -291,6 +291,19 @@ def test_out_of_fold_distances_never_see_the_study_they_judge() -> None:
     assert not np.allclose(again[folds[1]], base[folds[1]])
 
 
+def _bytes_without(reference: ood.Reference, part: str, held_out: str = "study_distance",
+                   **extra: np.ndarray) -> bytes:
+    """The reference's bytes without ``part``'s arrays and its held-out values
+    (``validation__<held_out>``), as a release before that part wrote them; ``extra`` arrays
+    added."""
+    with np.load(io.BytesIO(reference.to_bytes())) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith(f"{part}__")
+                  and k != f"validation__{held_out}"}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays, **extra)
+    return buf.getvalue()
+
+
 def test_study_detector_round_trips_and_old_references_still_load(study_reference) -> None:
     shifted, _ = gaussian_studies(1, 7, offset=0.6)
     back = ood.Reference.from_bytes(study_reference.to_bytes())
@@ -300,12 +313,7 @@ def test_study_detector_round_trips_and_old_references_still_load(study_referenc
         study_reference, {"input": shifted}).reasons
 
     # bytes written without a study detector (as every reference before it): slice rules alone
-    with np.load(io.BytesIO(study_reference.to_bytes())) as z:
-        arrays = {k: z[k] for k in z.files if not k.startswith("study__")
-                  and k != "validation__study_distance"}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    old = ood.Reference.from_bytes(buf.getvalue())
+    old = ood.Reference.from_bytes(_bytes_without(study_reference, "study"))
     assert old.study is None and old.study_rate is None
     result = ood.check(old, {"input": shifted})
     assert result.study_distance is None and not result.flagged
@@ -477,12 +485,8 @@ def test_geometry_criterion_round_trips_and_old_references_still_load(
     assert ood.check(back, {"input": odd}).reasons == first.reasons and _geometry_reasons(first)
 
     # bytes written before the geometry criterion: the study detector alone, at the whole rate
-    with np.load(io.BytesIO(geometry_reference.to_bytes())) as z:
-        arrays = {k: z[k] for k in z.files if not k.startswith("geometry__")
-                  and k != "validation__geometry_score"}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    old = ood.Reference.from_bytes(buf.getvalue())
+    old = ood.Reference.from_bytes(_bytes_without(geometry_reference, "geometry",
+                                                  "geometry_score"))
     assert old.geometry is None and old.study is not None
     result = ood.check(old, {"input": odd})
     assert result.geometry_score is None and not _geometry_reasons(result)
@@ -490,13 +494,12 @@ def test_geometry_criterion_round_trips_and_old_references_still_load(
         np.quantile(old.validation["study_distance"], 0.95))
 
     # a reference naming a statistic this code does not compute: its geometry criterion is left
-    arrays = {**arrays, "geometry__names": np.array(["head_tilt"]),
-              "geometry__centre": np.zeros(1), "geometry__scale": np.ones(1),
-              "geometry__bound": np.array(3.0)}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    unknown = _bytes_without(geometry_reference, "geometry", "geometry_score",
+                             geometry__names=np.array(["head_tilt"]),
+                             geometry__centre=np.zeros(1), geometry__scale=np.ones(1),
+                             geometry__bound=np.array(3.0))
     with caplog.at_level("WARNING"):
-        assert ood.Reference.from_bytes(buf.getvalue()).geometry is None
+        assert ood.Reference.from_bytes(unknown).geometry is None
     assert "head_tilt" in caplog.text
 
 
