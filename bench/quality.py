@@ -18,7 +18,8 @@ Profiles:
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
 Backbone weights: --weights (imagenet or a .h5 file), else BRAIN_TUMOR_WEIGHTS, else none; the
 figures and model.json say which were used. --set NAME=VALUE overrides one setting of the
-profile (ablations, e.g. --set intensity_norm=volume_percentile); repeatable.
+profile (ablations, e.g. --set intensity_norm=volume_percentile or --set seg_encoder=backbone);
+repeatable.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         clf, c_hist = train_classifier((train, val), settings, Path(tmp), verbose=2)
-        seg, s_hist = train_segmenter((train, val), settings, Path(tmp), verbose=2)
+        seg, s_hist = train_segmenter((train, val), settings, Path(tmp), verbose=2, classifier=clf)
         t["train_s"] = time.perf_counter() - start
     val_prob = clf.predict(val.images.astype("float32"), verbose=0).reshape(-1)
     threshold = choose_threshold(val.labels, val_prob, settings.threshold_rule)

@@ -139,7 +139,13 @@ class Settings(BaseModel):
     dense_units: int = Field(256, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     seg_base_filters: int = Field(16, ge=1, description="U-Net filters at the first level.")
-    seg_depth: int = Field(4, ge=1, le=6, description="U-Net levels (image_size % 2**depth == 0).")
+    seg_depth: int = Field(4, ge=1, le=6, description="U-Net levels (image_size % 2**depth == 0)"
+                                                      "; the unet encoder only.")
+    seg_encoder: Literal["unet", "backbone"] = Field(
+        "unet", description="Segmenter encoder: unet (its own, seg_depth levels), or backbone "
+                            "(the classifier's backbone, started from the trained classifier's "
+                            "weights: one backbone for both tasks; image_size divisible by 32 "
+                            "for resnet50).")
     seg_epochs: int = Field(20, ge=1)
     seg_learning_rate: float = Field(1e-3, ge=0)
     seg_tumor_fraction: float = Field(

@@ -228,6 +228,14 @@ def _ranking_line(metrics: dict) -> list[str]:
             "patients); the classifier alone is reported beside it."]
 
 
+def _segmenter(config: dict) -> str:
+    """The localization model as the card names it (model.json's ``seg_encoder``)."""
+    if config.get("seg_encoder") == "backbone":
+        return (f"U-Net decoder on the classifier's {config.get('backbone', 'n/a')} backbone "
+                "(encoder started from the trained classifier)")
+    return "U-Net segmenter"
+
+
 def model_card(metrics: dict, *, model_version: str, dataset_version: str, config: dict,
                split_counts: dict | None = None) -> str:
     """The model card as Markdown: details, intended use, data, method, metrics, limits, plots."""
@@ -238,7 +246,8 @@ def model_card(metrics: dict, *, model_version: str, dataset_version: str, confi
         "## Model details", "",
         f"- Model version: `{model_version}`",
         f"- Dataset version: `{dataset_version}`",
-        f"- Classifier backbone: {config.get('backbone', 'n/a')}; localization: U-Net segmenter",
+        f"- Classifier backbone: {config.get('backbone', 'n/a')}; "
+        f"localization: {_segmenter(config)}",
         f"- Input image size: {config.get('image_size', 'n/a')}",
         f"- Backbone weights: {weights}",
         f"- Code version: {config.get('code_version', 'n/a')}",

@@ -1,6 +1,7 @@
 """Training: a dataset version and the settings in, a published model version out.
 
-The classifier (ResNet50 + head) and the segmenter (U-Net) train on the train patients and are
+The classifier (ResNet50 + head) and then the segmenter (a U-Net, or with ``seg_encoder``
+'backbone' a U-Net decoder on the trained classifier's backbone) train on the train patients and are
 checked on the validation patients every epoch (ReduceLROnPlateau, EarlyStopping with the best
 weights restored, ModelCheckpoint, a warm-up LearningRateScheduler, CSV history). With pretrained
 weights the classifier trains in two phases: frozen backbone, then its top stage fine-tuned at a
@@ -43,6 +44,7 @@ TRAINING_FIELDS = (
     "early_stopping_patience", "reduce_lr_patience", "dense_units", "dropout",
     "seg_base_filters", "seg_depth", "seg_epochs", "seg_learning_rate", "train_seed", "augment",
     "max_train_slices", "threshold_rule", "seg_tumor_fraction", "seg_loss", "intensity_norm",
+    "seg_encoder",
     "postprocess_min_sensitivity", "postprocess_max_fp_per_patient",
     "ood_max_train_slices", "ood_slice_rate", "ood_study_share", "ood_study_rate",
 )
@@ -196,25 +198,47 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
     return model, history
 
 
-def train_segmenter(data, settings: Settings, workdir: Path, verbose: int) -> tuple[Any, dict]:  # noqa: ANN001
-    """Train the U-Net on the masks; returns the model (its best per-patient Dice epoch) and its
-    history."""
+def build_segmenter_for(settings: Settings, classifier: Any = None) -> Any:
+    """The segmenter ``settings.seg_encoder`` asks for, untrained: the U-Net, or the U-Net on the
+    classifier's backbone with the trained ``classifier``'s encoder weights."""
+    from brain_tumor.ml.models import (
+        build_backbone_segmenter,
+        build_segmenter,
+        copy_encoder_weights,
+    )
+
+    if settings.seg_encoder == "unet":
+        return build_segmenter(settings.image_size, settings.seg_base_filters, settings.seg_depth)
+    if classifier is None:
+        raise ValueError("seg_encoder 'backbone' starts from the trained classifier's backbone; "
+                         "no classifier was given")
+    model = build_backbone_segmenter(settings.image_size, settings.backbone,
+                                     pretrained=settings.weights is not None,
+                                     base_filters=settings.seg_base_filters)
+    copy_encoder_weights(model, classifier)
+    return model
+
+
+def train_segmenter(data, settings: Settings, workdir: Path, verbose: int,  # noqa: ANN001
+                    classifier: Any = None) -> tuple[Any, dict]:
+    """Train the segmenter on the masks; returns the model (its best per-patient Dice epoch) and
+    its history. ``classifier``: the trained classifier (needed by ``seg_encoder`` 'backbone')."""
     import keras
 
     from brain_tumor.ml.callbacks import PatientDice
     from brain_tumor.ml.inputs import SliceSequence
-    from brain_tumor.ml.models import build_segmenter, dice_coefficient, segmenter_loss
+    from brain_tumor.ml.models import dice_coefficient, segmenter_loss
 
     train, val = data
     seq = SliceSequence(train.images, train.masks, settings.batch_size, augment=settings.augment,
                         masks_are_targets=True, labels=train.labels, shuffle=True,
                         seed=settings.train_seed, tumor_fraction=settings.seg_tumor_fraction)
     val_seq = SliceSequence(val.images, val.masks, settings.batch_size, masks_are_targets=True)
-    log.info("segmenter: %d train slices (%d with tumor, %.0f%% of each batch), %d val slices "
-             "of %d patients, loss %s", len(train), int(np.sum(train.labels)),
-             100 * seq.tumor_fraction, len(val), len(set(val.patient_ids.tolist())),
-             settings.seg_loss)
-    model = build_segmenter(settings.image_size, settings.seg_base_filters, settings.seg_depth)
+    log.info("segmenter (%s encoder): %d train slices (%d with tumor, %.0f%% of each batch), "
+             "%d val slices of %d patients, loss %s", settings.seg_encoder, len(train),
+             int(np.sum(train.labels)), 100 * seq.tumor_fraction, len(val),
+             len(set(val.patient_ids.tolist())), settings.seg_loss)
+    model = build_segmenter_for(settings, classifier)
     model.compile(optimizer=keras.optimizers.Adam(settings.seg_learning_rate),
                   loss=segmenter_loss(settings.seg_loss), metrics=[dice_coefficient])
     patient_dice = PatientDice(val.images, val.masks, val.patient_ids,
@@ -268,7 +292,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
         out = work / "out"
         out.mkdir()
         classifier, c_hist = train_classifier((train, val), settings, work, verbose)
-        segmenter, s_hist = train_segmenter((train, val), settings, work, verbose)
+        segmenter, s_hist = train_segmenter((train, val), settings, work, verbose, classifier)
         val_prob = np.asarray(classifier.predict(val.images.astype(np.float32),
                                                  batch_size=settings.batch_size, verbose=0))
         threshold = choose_threshold(val.labels, val_prob.reshape(-1), settings.threshold_rule)
@@ -298,6 +322,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
                   "best_epochs": {"classifier": _best_epoch(c_hist, *CLASSIFIER_MONITOR),
                                   "segmenter": _best_epoch(s_hist, *SEGMENTER_MONITOR)},
                   "weights": weights, "intensity_norm": settings.intensity_norm,
+                  "seg_encoder": settings.seg_encoder,
                   "created_at": utc_now(), "code_version": code_version(),
                   "train_slices": len(train), "val_slices": len(val),
                   "postprocess": postprocess, "ood": ood_entry}

@@ -193,6 +193,8 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                                          "patients"),
                Col("threshold_rule", "str", "youden | f1"),
                Col("backbone", "str", "resnet50 | tiny"),
+               Col("seg_encoder", "str", "unet | backbone (U-Net decoder on the classifier's "
+                                         "backbone); absent in older versions: unet"),
                Col("keras_backend", "str", "tensorflow | jax | torch"),
                Col("best_epochs", "dict", "best epoch (1-based) per model, from the checkpoints"),
                Col("created_at", "str", "ISO 8601 UTC"),

@@ -1,4 +1,5 @@
-"""Keras 3 models: slice classifier, U-Net segmenter and their custom losses/layers.
+"""Keras 3 models: slice classifier, segmenters (U-Net; U-Net on the classifier's backbone),
+their custom losses and layers.
 
 Importing this package registers the custom objects needed to reload ``.keras`` files.
 """
@@ -23,7 +24,11 @@ from brain_tumor.ml.models.losses import (
     dice_coefficient,
     segmenter_loss,
 )
-from brain_tumor.ml.models.segmenter import build_segmenter
+from brain_tumor.ml.models.segmenter import (
+    build_backbone_segmenter,
+    build_segmenter,
+    copy_encoder_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +36,10 @@ __all__ = [
     "CaffePreprocessing",
     "batch_dice_bce_loss",
     "bce_dice_loss",
+    "build_backbone_segmenter",
     "build_classifier",
     "build_segmenter",
+    "copy_encoder_weights",
     "dice_coefficient",
     "get_backbone",
     "load_model",

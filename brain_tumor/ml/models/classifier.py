@@ -73,6 +73,45 @@ def _tiny_backbone(image_size: int) -> keras.Model:
     return keras.Model(inputs, x, name=BACKBONE_NAME)
 
 
+def build_backbone(backbone: str, image_size: int,
+                   weights: str | os.PathLike | None = None) -> keras.Model:
+    """The backbone sub-model named ``backbone``: ResNet50 without its top, or the tiny stack.
+
+    weights: None, "imagenet" or a ``.h5`` file of the backbone's weights. Built from scratch,
+    its BatchNorm layers follow their batches faster (``SCRATCH_BN_MOMENTUM``).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if backbone == "resnet50" and image_size < RESNET50_MIN_SIZE:
+        raise ValueError(f"resnet50 needs image_size >= {RESNET50_MIN_SIZE}, got {image_size}")
+    weights = _check_weights(weights, backbone)
+    shape = (image_size, image_size, 3)
+    if backbone == "tiny":
+        base = _tiny_backbone(image_size)
+        if weights is not None:
+            base.load_weights(weights)
+    else:
+        logger.info("building ResNet50 backbone weights=%s input=%s", weights, shape)
+        base = keras.applications.ResNet50(
+            include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME
+        )
+    if weights is None:
+        # From scratch the weights move fast; BatchNorm's moving statistics must follow them or
+        # inference-mode outputs collapse to one class for the first epochs (0.99 lags ~100 steps).
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
+    return base
+
+
+def preprocessing_layer(pretrained: bool) -> layers.Layer:
+    """The model's own input preprocessing: Rescaling(1/255) from scratch, ImageNet's caffe
+    preprocessing for pretrained weights (layer name ``preprocess``)."""
+    if pretrained:
+        return CaffePreprocessing(name="preprocess")
+    return layers.Rescaling(1.0 / 255.0, name="preprocess")
+
+
 def build_classifier(
     image_size: int = 256,
     weights: str | os.PathLike | None = None,
@@ -97,27 +136,9 @@ def build_classifier(
         raise ValueError(f"dropout must be within [0, 1), got {dropout!r}")
     weights = _check_weights(weights, backbone)
 
-    shape = (image_size, image_size, 3)
-    inputs = keras.Input(shape, name="image")
-    if weights is None:
-        x = layers.Rescaling(1.0 / 255.0, name="preprocess")(inputs)
-    else:
-        x = CaffePreprocessing(name="preprocess")(inputs)
-    if backbone == "tiny":
-        base = _tiny_backbone(image_size)
-        if weights is not None:
-            base.load_weights(weights)
-    else:
-        logger.info("building ResNet50 backbone weights=%s input=%s", weights, shape)
-        base = keras.applications.ResNet50(
-            include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME
-        )
-    if weights is None:
-        # From scratch the weights move fast; BatchNorm's moving statistics must follow them or
-        # inference-mode outputs collapse to one class for the first epochs (0.99 lags ~100 steps).
-        for layer in base.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = SCRATCH_BN_MOMENTUM
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = preprocessing_layer(weights is not None)(inputs)
+    base = build_backbone(backbone, image_size, weights)
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)

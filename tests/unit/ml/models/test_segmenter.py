@@ -125,3 +125,70 @@ def test_study_volume() -> None:
     assert study_volume(masks) == 7
     assert study_volume([masks[0], masks[1], masks[2]]) == 7
     assert study_volume(np.zeros((0, 4, 4))) == 0
+
+
+def _tiny_backbone_pair() -> tuple[keras.Model, keras.Model]:
+    """A tiny classifier and a U-Net on its backbone, encoder copied from the classifier."""
+    from brain_tumor.ml.models.classifier import build_classifier
+    from brain_tumor.ml.models.segmenter import build_backbone_segmenter, copy_encoder_weights
+
+    classifier = build_classifier(SIZE, backbone="tiny", dense_units=8)
+    segmenter = build_backbone_segmenter(SIZE, "tiny", base_filters=4)
+    assert copy_encoder_weights(segmenter, classifier) == 6  # three conv + three BN layers
+    return classifier, segmenter
+
+
+def test_backbone_unet_starts_from_the_classifier_and_learns_squares(tmp_path: Path) -> None:
+    from brain_tumor.ml.models.classifier import get_backbone
+
+    keras.utils.set_random_seed(3)
+    classifier, model = _tiny_backbone_pair()
+    assert model.output_shape == (None, SIZE, SIZE, 1) and model.layers[-1].name == "tumor_mask"
+    source, encoder = get_backbone(classifier), get_backbone(model)
+    for name in ("tiny_block1_conv", "tiny_block2_bn", "tiny_top_conv"):
+        for a, b in zip(source.get_layer(name).get_weights(), encoder.get_layer(name).get_weights(),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=bce_dice_loss,
+                  metrics=[dice_coefficient])
+    x, y = _squares(16, seed=4)
+    losses = model.fit(x, y, epochs=3, batch_size=4, verbose=0).history["loss"]
+    assert losses[-1] < losses[0], losses
+    before = model.predict(x[:4], verbose=0)
+    model.save(tmp_path / "backbone_unet.keras")
+    again = keras.saving.load_model(tmp_path / "backbone_unet.keras", compile=False)
+    np.testing.assert_allclose(again.predict(x[:4], verbose=0), before, atol=1e-6)
+
+
+def test_resnet50_backbone_unet_joins_every_stage() -> None:
+    from brain_tumor.ml.models.classifier import build_classifier
+    from brain_tumor.ml.models.segmenter import build_backbone_segmenter, copy_encoder_weights
+
+    model = build_backbone_segmenter(64, "resnet50", base_filters=4)
+    assert model.output_shape == (None, 64, 64, 1)
+    # one up-convolution per ResNet50 stage joined (1/32 -> 1/16 -> ... -> 1/2 -> the stem)
+    ups = [layer.name for layer in model.layers if layer.name.endswith("_up")]
+    assert ups == ["dec4_up", "dec3_up", "dec2_up", "dec1_up", "dec0_up"]
+    assert copy_encoder_weights(model, build_classifier(64, backbone="resnet50")) > 100
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"backbone": "vgg"}, "backbone must be one of"),
+    ({"image_size": 48, "backbone": "resnet50"}, "divisible by 32, got 48"),
+    ({"image_size": 36, "backbone": "tiny"}, "divisible by 8, got 36"),
+    ({"base_filters": 0, "backbone": "tiny"}, "base_filters must be an int >= 1"),
+])
+def test_backbone_unet_bad_arguments_raise(kwargs: dict, match: str) -> None:
+    from brain_tumor.ml.models.segmenter import build_backbone_segmenter
+
+    with pytest.raises(ValueError, match=match):
+        build_backbone_segmenter(**{"image_size": SIZE, **kwargs})
+
+
+def test_encoder_copy_refuses_another_preprocessing() -> None:
+    from brain_tumor.ml.models.classifier import build_classifier
+    from brain_tumor.ml.models.segmenter import build_backbone_segmenter, copy_encoder_weights
+
+    segmenter = build_backbone_segmenter(SIZE, "tiny", pretrained=True, base_filters=4)
+    with pytest.raises(ValueError, match="CaffePreprocessing but the classifier with Rescaling"):
+        copy_encoder_weights(segmenter, build_classifier(SIZE, backbone="tiny", dense_units=8))
