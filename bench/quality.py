@@ -9,11 +9,14 @@ Profiles:
        and leaves the server's data under --home, so the scoring benchmark can reuse the model:
        `--home H` and the printed model version.
   gpu  256x256, longer schedules; runs from a local array cache (`export-cache` writes it from a
-       finished dataset version) with KERAS_BACKEND=jax, without S3, on a GPU machine.
+       finished dataset version as xz shards of at most 60 MiB, whole patients each) with
+       KERAS_BACKEND=jax, without S3, on a GPU machine: the same recipe as `run` (threshold and
+       whole-study post-processing tuned on the validation patients, test patients scored once);
+       --out-dir keeps result.json and the plots, not the model.
 
   python bench/quality.py run DATA [--profile cpu] [--home DIR] [--json OUT]
-  python bench/quality.py export-cache --home DIR --out cache.npz [--size 256]
-  KERAS_BACKEND=jax python bench/quality.py run-cache cache.npz [--profile gpu] [--json OUT]
+  python bench/quality.py export-cache --home DIR --out CACHE_DIR [--size 256] [--shard-mib 60]
+  KERAS_BACKEND=jax python bench/quality.py run-cache CACHE_DIR [--profile gpu] [--out-dir OUT]
 
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
 Backbone weights: --weights (imagenet or a .h5 file), else BRAIN_TUMOR_WEIGHTS, else none; the
@@ -34,6 +37,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from brain_tumor.ml.inputs import ArrayDataset
+    from brain_tumor.settings import Settings
 
 PROFILES: dict[str, dict] = {
     # Measured 2026-12-02: a classifier epoch takes about 2 min on the 2 cores, a U-Net epoch
@@ -176,8 +184,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 
 def cmd_export_cache(args: argparse.Namespace) -> dict:
-    """Write the decoded arrays of a finished dataset version to one .npz (for the GPU profile)."""
-    import numpy as np
+    """Write the decoded arrays of a finished dataset version as shards (for the GPU profile)."""
+    from array_cache import write_shards
 
     from brain_tumor import steps
     from brain_tumor.ml.inputs import load_arrays
@@ -190,34 +198,26 @@ def cmd_export_cache(args: argparse.Namespace) -> dict:
     store = steps.open_store(settings)
     version = DatasetStore(store, settings).resolve(args.dataset_version)
     arrays = load_arrays(store, settings, version, args.size, progress=True)
-    np.savez_compressed(args.out, images=arrays.images, masks=arrays.masks, labels=arrays.labels,
-                        patient_ids=arrays.patient_ids, splits=arrays.splits,
-                        slice_index=arrays.slice_index, dataset_version=version)
-    return {"out": args.out, "slices": len(arrays), "bytes": Path(args.out).stat().st_size}
+    paths = write_shards(arrays, Path(args.out), int(args.shard_mib * 2**20), version)
+    return {"out": args.out, "slices": len(arrays), "shards": len(paths),
+            "bytes": sum(p.stat().st_size for p in paths)}
 
 
-def cmd_run_cache(args: argparse.Namespace) -> dict:
-    """Train and evaluate from an array cache, without S3 (GPU machines with JAX only)."""
+def evaluate_cached(arrays: ArrayDataset, settings: Settings, out_dir: Path | None = None
+                    ) -> dict:
+    """Train both models on the cached train patients, tune the post-processing and the
+    threshold on its validation patients, and evaluate once on its test patients — the recipe
+    ``brain-tumor train`` + ``evaluate`` run, without S3. Plots go to ``out_dir``."""
+    import keras
     import numpy as np
 
     from brain_tumor.evaluation.evaluate import Predictions, evaluate
     from brain_tumor.evaluation.metrics import choose_threshold
-    from brain_tumor.ml.inputs import ArrayDataset, normalize_dataset
-    from brain_tumor.ml.predict import postprocess
-    from brain_tumor.ml.train import train_classifier, train_segmenter, weights_provenance
-    from brain_tumor.settings import load_settings
-
-    z = np.load(args.cache)
-    arrays = ArrayDataset(images=z["images"], masks=z["masks"], labels=z["labels"],
-                          patient_ids=z["patient_ids"], slice_index=z["slice_index"],
-                          splits=z["splits"], mask_keys=z["patient_ids"],
-                          image_keys=z["patient_ids"])
-    values = profile_settings(args)
-    settings = load_settings(env={}, keras_backend=os.environ.get("KERAS_BACKEND", "tensorflow"),
-                             **{**values, "image_size": int(z["images"].shape[1])})
-    weights = weights_provenance(settings.weights)
-    arrays = normalize_dataset(arrays, settings.intensity_norm)
-    import keras
+    from brain_tumor.evaluation.report import write_plots
+    from brain_tumor.evaluation.tuning import tune_on_validation
+    from brain_tumor.ml.predict import LoadedModel, predict_batch
+    from brain_tumor.ml.train import train_classifier, train_segmenter
+    from brain_tumor.scoring.postprocess import postprocess_groups, rule_from_record, tumor_score
 
     keras.utils.set_random_seed(settings.train_seed)
     train, val, test = (arrays.subset(s) for s in ("train", "val", "test"))
@@ -227,26 +227,62 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
         clf, c_hist = train_classifier((train, val), settings, Path(tmp), verbose=2)
         seg, s_hist = train_segmenter((train, val), settings, Path(tmp), verbose=2, classifier=clf)
         t["train_s"] = time.perf_counter() - start
-    val_prob = clf.predict(val.images.astype("float32"), verbose=0).reshape(-1)
+    val_prob = clf.predict(val.images.astype("float32"), batch_size=settings.batch_size,
+                           verbose=0).reshape(-1)
     threshold = choose_threshold(val.labels, val_prob, settings.threshold_rule)
+    tuned = tune_on_validation(val, val_prob, seg, threshold, settings)
+    rule = rule_from_record(tuned, settings.mask_threshold)
     start = time.perf_counter()
-    prob = clf.predict(test.images.astype("float32"), verbose=0).reshape(-1)
-    maps = seg.predict(test.images.astype("float32"), verbose=0)[..., 0]
+    model = LoadedModel("bench-cache", {"image_size": settings.image_size,
+                                        "threshold": float(threshold)}, clf, seg)
+    prob, maps = predict_batch(model, test.images.astype("float32"), settings.batch_size)
     t["inference_s"] = time.perf_counter() - start
     size = test.masks.shape[1]
-    _, pred_masks = postprocess(prob, maps, [(size, size)] * len(test), threshold,
-                                settings.mask_threshold)
+    label, pred_masks, _ = postprocess_groups(rule, prob, maps, [(size, size)] * len(test),
+                                              test.patient_ids, test.slice_index, threshold)
     preds = Predictions(test.patient_ids, test.labels, prob, list(test.masks.astype(bool)),
-                        pred_masks, test.slice_index)
-    metrics = evaluate(preds, threshold, model_version="bench-cache",
-                       dataset_version=str(z["dataset_version"]),
-                       n_boot=settings.bootstrap_samples)
-    epochs = len(c_hist.get("loss", [])) + len(s_hist.get("loss", []))
-    return {"profile": args.profile, "settings": values, "machine": machine(),
-            "weights": weights, "intensity_norm": settings.intensity_norm, "timings_s": t,
-            "train_images_per_s": round(len(train) * epochs / t["train_s"], 2),
+                        pred_masks, test.slice_index, label=label, score=tumor_score(prob, maps))
+    metrics = evaluate(preds, threshold, model_version="bench-cache", dataset_version="cache",
+                       n_boot=settings.bootstrap_samples, seed=settings.train_seed,
+                       postprocess={"rule": rule.name, "params": rule.params()})
+    plots = []
+    if out_dir is not None:
+        plots = [str(p) for p in write_plots(metrics, preds, Path(out_dir) / "plots",
+                                             images=test.images)]
+    epochs = {"classifier": len(c_hist.get("loss", [])), "segmenter": len(s_hist.get("loss", []))}
+    return {"timings_s": {k: round(v, 1) for k, v in t.items()}, "epochs_run": epochs,
+            "train_images_per_s": round(len(train) * sum(epochs.values()) / t["train_s"], 2),
             "inference_images_per_s": round(len(test) / t["inference_s"], 2),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "metrics": metrics}
+            "postprocess": tuned, "threshold": float(threshold), "metrics": metrics,
+            "plots": plots, "history": {"classifier": c_hist, "segmenter": s_hist},
+            "val_patients": int(len(np.unique(val.patient_ids))),
+            "test_patients": int(len(np.unique(test.patient_ids)))}
+
+
+def cmd_run_cache(args: argparse.Namespace) -> dict:
+    """Train and evaluate from an array cache, without S3 (GPU machines with JAX only)."""
+    from array_cache import read_shards
+
+    from brain_tumor.ml.inputs import normalize_dataset
+    from brain_tumor.ml.train import weights_provenance
+    from brain_tumor.settings import load_settings
+
+    arrays, version = read_shards(Path(args.cache))
+    values = profile_settings(args)
+    settings = load_settings(env={}, keras_backend=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                             **{**values, "image_size": int(arrays.images.shape[1])})
+    weights = weights_provenance(settings.weights)
+    arrays = normalize_dataset(arrays, settings.intensity_norm)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    result = {"profile": args.profile, "settings": values, "machine": machine(),
+              "dataset_version": version, "weights": weights,
+              "intensity_norm": settings.intensity_norm,
+              "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+              **evaluate_cached(arrays, settings, out_dir),
+              "peak_rss_gb": round(peak_rss_gb(), 2)}
+    if out_dir is not None:
+        emit(result, str(out_dir / "result.json"), show="")
+    return result
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -268,15 +304,18 @@ def main() -> int:
                    help="server data, caches (kept for the scoring benchmark)")
     p.add_argument("--json", help="also write the figures here")
     _model_options(p)
-    p = sub.add_parser("export-cache", help="arrays of a dataset version -> .npz")
+    p = sub.add_parser("export-cache", help="arrays of a dataset version -> a folder of shards")
     p.add_argument("--home", default="bench/results/quality-home")
     p.add_argument("--dataset-version")
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--out", required=True)
-    p = sub.add_parser("run-cache", help="train + evaluate from an .npz cache, no S3")
-    p.add_argument("cache")
+    p.add_argument("--out", required=True, help="folder for the shards and index.json")
+    p.add_argument("--shard-mib", type=float, default=60.0,
+                   help="largest shard, MiB (a device call carries at most 64 MiB)")
+    p = sub.add_parser("run-cache", help="train + evaluate from a shard folder, no S3")
+    p.add_argument("cache", help="folder written by export-cache, or one shard")
     p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     p.add_argument("--json")
+    p.add_argument("--out-dir", help="write result.json and the evaluation plots here")
     _model_options(p)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO,
