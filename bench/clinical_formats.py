@@ -2,7 +2,7 @@
 series and from NIfTI volumes made of them, and what filling missing sequences from FLAIR costs.
 
   python bench/clinical_formats.py DATA --model-version M [--home DIR] [--json OUT]
-      [--engine auto|onnx|openvino|keras] [--patients N]
+      [--engine auto|onnx|openvino|keras] [--patients N] [--refit]
 
 DATA is the LGG archive or an unpacked kaggle_3m folder; --home and --model-version name what
 `bench/quality.py run --home DIR` left (its SeaweedFS data holds the dataset split and the model).
@@ -21,7 +21,9 @@ slices: what the readers must reproduce exactly), and ``tiff_mapped`` against ``
 second pass of the rule does to data it already mapped: not a property of scanner series, but
 what a converted archive would go through). Reported per path: per-patient Dice against the true
 masks (mean, 95% bootstrap interval over patients, median), slice ROC-AUC, how many studies the
-model version's out-of-distribution check flags (as scoring would), and the differences
+model version's out-of-distribution check flags (as scoring would; with ``--refit`` the check's
+reference is fitted with the current code on the model's training and validation patients, as
+``bench/ood.py --refit`` does), and the differences
 from its baseline (slices whose label differs, largest and mean probability difference, patients
 whose Dice moved by more than 0.01); patients a path rejects are listed with the reason.
 
@@ -251,6 +253,14 @@ def run(args: argparse.Namespace) -> dict:
         limits, rules = StudyLimits.from_settings(settings), SeriesRules.from_settings(settings)
         with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
             root = _unpack(Path(args.data), Path(tmp) / "data")
+            if args.refit:
+                from ood import refit_from_folder
+
+                from brain_tumor.ml.normalize import record_method
+
+                scorer.reference = refit_from_folder(
+                    scorer.engine, root, by_split["train"], by_split["val"], settings,
+                    int(record["image_size"]), record_method(record))
             patients = sorted(p.name for p in root.iterdir() if p.is_dir())[:args.patients]
             rows, clock = [], time.perf_counter()
             for n, pid in enumerate(patients, 1):
@@ -280,6 +290,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine(), "model_version": args.model_version,
         "engine": type(scorer.engine).__name__, "patients": len(rows),
+        "ood_reference": "refitted by this run" if args.refit else "the model version's ood.npz",
         "pixel_spacing_mm": list(PIXEL_SPACING),
         "formats": format_figures(rows, set(by_split["test"])),
         "formats_s": round(formats_s, 1),
@@ -302,6 +313,10 @@ def main() -> int:
     parser.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino", "keras"))
     parser.add_argument("--patients", type=int, default=None,
                         help="only the first N patient folders (a quick check)")
+    parser.add_argument("--refit", action="store_true",
+                        help="fit the out-of-distribution reference with the current code on "
+                             "the model's training and validation patients (as bench/ood.py "
+                             "--refit), instead of the model version's stored one")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     start_logging()

@@ -115,6 +115,16 @@ def refit_reference(train: list[dict], validation: list[dict], settings: Any, no
                              seed=settings.train_seed)
 
 
+def refit_from_folder(engine: Any, root: Path, train_ids: list[str], val_ids: list[str],
+                      settings: Any, size: int, norm: str) -> Any:
+    """``refit_reference`` on the training and validation patients' TIFF studies under root,
+    with the settings' rates (as training fits it, with the current code)."""
+    return refit_reference(read_values(engine, root, train_ids, size, norm, "fit train"),
+                           read_values(engine, root, val_ids, size, norm, "fit validation"),
+                           settings, norm, settings.ood_slice_rate, settings.ood_study_share,
+                           settings.ood_study_rate)
+
+
 def _patient_rows(values: list[dict]) -> np.ndarray:
     """The patient id of each slice of the studies' values, in their order."""
     return np.concatenate([[v["patient"]] * len(v["input"]) for v in values])
@@ -168,11 +178,8 @@ def run(args: argparse.Namespace) -> dict:
                 fit_ids = {s: split_patients(store, settings, record, s) for s in ("train", "val")}
                 root = unpack_patients(Path(args.data), Path(tmp), [*fit_ids["train"],
                                                                     *fit_ids["val"]])
-                reference = refit_reference(
-                    read_values(engine, root, fit_ids["train"], size, norm, "fit train"),
-                    read_values(engine, root, fit_ids["val"], size, norm, "fit validation"),
-                    settings, norm, settings.ood_slice_rate, settings.ood_study_share,
-                    settings.ood_study_rate)
+                reference = refit_from_folder(engine, root, fit_ids["train"], fit_ids["val"],
+                                              settings, size, norm)
         else:
             reference = load_reference(store, settings, record)
         if reference is None:

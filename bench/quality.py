@@ -21,8 +21,8 @@ Profiles:
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
 Backbone weights: --weights (imagenet or a .h5 file), else BRAIN_TUMOR_WEIGHTS, else none; the
 figures and model.json say which were used. --set NAME=VALUE overrides one setting of the
-profile (ablations, e.g. --set intensity_norm=volume_percentile or --set seg_encoder=backbone);
-repeatable.
+profile (ablations, e.g. --set intensity_norm=volume_percentile, --set seg_context=1 or
+--set seg_encoder=backbone); repeatable.
 """
 
 from __future__ import annotations
@@ -130,9 +130,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """The whole pipeline through S3."""
     from brain_tumor import steps
     from brain_tumor.ingest.exports import list_exports, split_archive_name, upload_export
-    from brain_tumor.ml.inputs import load_arrays, normalize_dataset
-    from brain_tumor.ml.normalize import record_method
-    from brain_tumor.ml.predict import load_model_version, predict_batch
+    from brain_tumor.ml.inputs import for_model, load_arrays
+    from brain_tumor.ml.predict import load_model_version, predict_dataset
     from brain_tumor.store.modelstore import ModelStore
 
     home = Path(args.home).resolve()
@@ -165,8 +164,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     test = load_arrays(store, settings, version, settings.image_size).subset("test")
     model = load_model_version(store, settings, record["model_version"])
     start = time.perf_counter()
-    test = normalize_dataset(test, record_method(model.record))
-    predict_batch(model, test.images.astype("float32"), settings.batch_size)
+    test = for_model(test, model.record)
+    predict_dataset(model, test, settings.batch_size)
     infer_s = time.perf_counter() - start
     epochs = {k: len(v.get("loss", [])) for k, v in history.items()}
     return {
@@ -215,7 +214,7 @@ def evaluate_cached(arrays: ArrayDataset, settings: Settings, out_dir: Path | No
     from brain_tumor.evaluation.metrics import choose_threshold
     from brain_tumor.evaluation.report import write_plots
     from brain_tumor.evaluation.tuning import tune_on_validation
-    from brain_tumor.ml.predict import LoadedModel, predict_batch
+    from brain_tumor.ml.predict import LoadedModel, predict_dataset
     from brain_tumor.ml.train import train_classifier, train_segmenter
     from brain_tumor.scoring.postprocess import postprocess_groups, rule_from_record, tumor_score
 
@@ -235,7 +234,7 @@ def evaluate_cached(arrays: ArrayDataset, settings: Settings, out_dir: Path | No
     start = time.perf_counter()
     model = LoadedModel("bench-cache", {"image_size": settings.image_size,
                                         "threshold": float(threshold)}, clf, seg)
-    prob, maps = predict_batch(model, test.images.astype("float32"), settings.batch_size)
+    prob, maps = predict_dataset(model, test, settings.batch_size)
     t["inference_s"] = time.perf_counter() - start
     size = test.masks.shape[1]
     label, pred_masks, _ = postprocess_groups(rule, prob, maps, [(size, size)] * len(test),
@@ -263,7 +262,7 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     """Train and evaluate from an array cache, without S3 (GPU machines with JAX only)."""
     from array_cache import read_shards
 
-    from brain_tumor.ml.inputs import normalize_dataset
+    from brain_tumor.ml.inputs import add_context, normalize_dataset
     from brain_tumor.ml.train import weights_provenance
     from brain_tumor.settings import load_settings
 
@@ -272,7 +271,7 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     settings = load_settings(env={}, keras_backend=os.environ.get("KERAS_BACKEND", "tensorflow"),
                              **{**values, "image_size": int(arrays.images.shape[1])})
     weights = weights_provenance(settings.weights)
-    arrays = normalize_dataset(arrays, settings.intensity_norm)
+    arrays = add_context(normalize_dataset(arrays, settings.intensity_norm), settings.seg_context)
     out_dir = Path(args.out_dir) if args.out_dir else None
     result = {"profile": args.profile, "settings": values, "machine": machine(),
               "dataset_version": version, "weights": weights,

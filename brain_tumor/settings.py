@@ -141,6 +141,10 @@ class Settings(BaseModel):
     seg_base_filters: int = Field(16, ge=1, description="U-Net filters at the first level.")
     seg_depth: int = Field(4, ge=1, le=6, description="U-Net levels (image_size % 2**depth == 0)"
                                                       "; the unet encoder only.")
+    seg_context: int = Field(
+        0, ge=0, le=3, description="2.5D: the FLAIR of this many neighbouring slices on each "
+                                   "side joins the segmenter's input (3 + 2k channels); 0: the "
+                                   "slice alone. The unet encoder only.")
     seg_encoder: Literal["unet", "backbone"] = Field(
         "unet", description="Segmenter encoder: unet (its own, seg_depth levels), or backbone "
                             "(the classifier's backbone, started from the trained classifier's "
@@ -352,6 +356,9 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.seg_encoder == "backbone" and self.seg_context:
+            raise ValueError(f"seg_context {self.seg_context} needs seg_encoder 'unet': the "
+                             "backbone encoder reads three channels")
         total = self.split_train + self.split_val + self.split_test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(

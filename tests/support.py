@@ -69,6 +69,26 @@ def copy_model(src: Settings, version: str, dst: Settings, as_version: str | Non
     return new
 
 
+def own_dataset(base: Settings, bucket: str, home: Path, **changes: object
+                ) -> tuple[Settings, str]:
+    """``base`` with its own bucket and home (and ``changes``), holding a small synthetic
+    dataset version, ingested and split: (settings, dataset version). For tests that train
+    models of their own beside the session's ``trained`` one, whose bucket is read-only."""
+    from brain_tumor import steps
+    from brain_tumor.devtools.synth import SynthSpec, make_export
+    from brain_tumor.ingest.exports import upload_export
+
+    settings = base.model_copy(update={"s3_bucket": bucket, "home": home, **changes})
+    store = steps.open_store(settings)
+    store.ensure_bucket()
+    root = make_export(home / "export", SynthSpec(patients=10, slices=6, size=32, seed=3,
+                                                  tumor_free_patients=1)).root
+    upload_export(store, settings, root, export_id="e1")
+    version = steps.ingest(settings, ["e1"])["dataset_version"]
+    steps.split(settings, version)
+    return settings, version
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     """Terminate a server a test started; kill it if it does not stop within timeout."""
     proc.terminate()

@@ -229,10 +229,14 @@ def _ranking_line(metrics: dict) -> list[str]:
 
 
 def _segmenter(config: dict) -> str:
-    """The localization model as the card names it (model.json's ``seg_encoder``)."""
+    """The localization model as the card names it (model.json's seg_encoder, seg_context)."""
     if config.get("seg_encoder") == "backbone":
         return (f"U-Net decoder on the classifier's {config.get('backbone', 'n/a')} backbone "
                 "(encoder started from the trained classifier)")
+    context = int(config.get("seg_context") or 0)
+    if context:
+        return (f"U-Net segmenter, 2.5D: each slice with the FLAIR of {context} neighbouring "
+                f"slice{'s' if context > 1 else ''} on each side")
     return "U-Net segmenter"
 
 

@@ -21,8 +21,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from brain_tumor.evaluation.evaluate import Predictions, evaluate
 from brain_tumor.evaluation.report import model_card, write_plots
 from brain_tumor.evaluation.tuning import (
@@ -36,9 +34,8 @@ from brain_tumor.evaluation.tuning import (
     tune,
 )
 from brain_tumor.ingest.split import split_counts
-from brain_tumor.ml.inputs import fetch_native_masks, load_arrays, normalize_dataset
-from brain_tumor.ml.normalize import record_method
-from brain_tumor.ml.predict import load_model_version, predict_batch
+from brain_tumor.ml.inputs import fetch_native_masks, for_model, load_arrays
+from brain_tumor.ml.predict import load_model_version, predict_dataset
 from brain_tumor.scoring.postprocess import (
     WholeStudy,
     post_processor,
@@ -65,13 +62,13 @@ def evaluate_model_version(store: ObjectStore, settings: Settings, model_version
         log.info("%s was evaluated on %s already", model_version, dataset_version)
         return existing
     model = load_model_version(store, settings, model_version)
-    arrays = load_arrays(store, settings, dataset_version, model.image_size, progress=progress)
-    arrays = normalize_dataset(arrays, record_method(model.record))
+    arrays = for_model(load_arrays(store, settings, dataset_version, model.image_size,
+                                   progress=progress), model.record)
     test = arrays.subset("test")
     if len(test) == 0:
         raise ValueError(f"dataset {dataset_version} has no test slices")
     true_masks = fetch_native_masks(store, list(test.mask_keys), workers=settings.io_workers)
-    prob, maps = predict_batch(model, test.images.astype(np.float32), settings.batch_size)
+    prob, maps = predict_dataset(model, test, settings.batch_size)
     rule = post_processor(record, settings)
     label, pred_masks, _ = postprocess_groups(rule, prob, maps, [m.shape[:2] for m in true_masks],
                                               test.patient_ids, test.slice_index, model.threshold)
@@ -113,15 +110,14 @@ def postprocess_ablation(store: ObjectStore, settings: Settings, model_version: 
     validation outputs averaged with their left-right mirror images (test-time augmentation)."""
     record = ModelStore(store, settings).record(model_version)
     model = load_model_version(store, settings, model_version)
-    arrays = load_arrays(store, settings, record["dataset_version"], model.image_size)
-    arrays = normalize_dataset(arrays, record_method(model.record))
+    arrays = for_model(load_arrays(store, settings, record["dataset_version"], model.image_size),
+                       model.record)
 
     def outputs(split: str, mirror: bool = False) -> SplitOutputs:
         data = arrays.subset(split)
         if len(data) == 0:
             raise ValueError(f"dataset {record['dataset_version']} has no {split} slices")
-        prob, maps = predict_batch(model, data.images.astype(np.float32), settings.batch_size,
-                                   flip=mirror)
+        prob, maps = predict_dataset(model, data, settings.batch_size, flip=mirror)
         return split_outputs(data, prob, maps)
 
     params = (record.get("postprocess") or {}).get("params") or {

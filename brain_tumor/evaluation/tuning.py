@@ -160,7 +160,7 @@ def tune(out: SplitOutputs, threshold: float, *, min_sensitivity: float,
 def tune_on_validation(val: Any, val_prob: np.ndarray, segmenter: Any, threshold: float,
                        settings: Settings) -> dict[str, Any]:
     """Predict the validation slices' maps with the segmenter and tune the post-processing."""
-    maps = np.asarray(segmenter.predict(np.asarray(val.images, dtype=np.float32),
+    maps = np.asarray(segmenter.predict(np.asarray(val.segmenter_images(), dtype=np.float32),
                                         batch_size=settings.batch_size, verbose=0))
     out = split_outputs(val, np.asarray(val_prob).reshape(-1), maps)
     return tune(out, threshold, min_sensitivity=settings.postprocess_min_sensitivity,

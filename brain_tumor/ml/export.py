@@ -2,7 +2,9 @@
 
 ``classifier.onnx`` takes the raw 0..255 float batch ``image`` (N x S x S x 3, the input the
 ``.keras`` model takes) and gives ``probability`` (N x 1) and ``features`` (N x F, the pooled
-backbone features the dense head reads); ``segmenter.onnx`` gives ``mask`` (N x S x S x 1).
+backbone features the dense head reads); ``segmenter.onnx`` takes ``image`` too (N x S x S x 3,
+or 3 + 2k channels with k neighbouring slices a side, ``brain_tumor.ml.context``) and gives
+``mask`` (N x S x S x 1).
 Both lie beside the ``.keras`` files of the model version. Training writes them before it
 publishes (``export_for_cpu``); ``ensure_exported`` adds them to a version published without.
 An export is checked against the Keras models before it is kept (``EXPORT_TOLERANCE``).
@@ -94,8 +96,9 @@ def export_onnx(model: Any, path: Path, output_names: tuple[str, ...]) -> Path:
     """Write one Keras model (input N x S x S x 3 float32) as an ONNX file; return its path."""
     import keras
 
-    size = int(model.inputs[0].shape[1])
-    signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32", name=INPUT_NAME)]
+    _, size, _, channels = (int(d) if d is not None else None for d in model.inputs[0].shape)
+    signature = [keras.InputSpec(shape=(None, size, size, channels), dtype="float32",
+                                 name=INPUT_NAME)]
     partial = path.with_name(f".{path.name}.partial")
     model.export(str(partial), format="onnx", verbose=False, input_signature=signature)
     _rename_outputs(partial, output_names)
@@ -108,12 +111,14 @@ def check_export(classifier: Any, segmenter: Any, folder: Path, slices: int = 4,
     """Compare the ONNX files in folder with the Keras models on random slices; raise if apart."""
     import onnxruntime as ort
 
+    rng = np.random.default_rng(seed)
     size = int(classifier.inputs[0].shape[1])
-    x = np.random.default_rng(seed).uniform(0, 255, (slices, size, size, 3)).astype(np.float32)
+    x = rng.uniform(0, 255, (slices, size, size, 3)).astype(np.float32)
+    seg_x = rng.uniform(0, 255, (slices, *segmenter.inputs[0].shape[1:])).astype(np.float32)
     prob_k, feat_k = (np.asarray(a) for a in classifier_with_features(classifier)(x))
-    mask_k = np.asarray(segmenter(x))
+    mask_k = np.asarray(segmenter(seg_x))
     prob_o, feat_o = ort.InferenceSession(str(folder / CLASSIFIER_ONNX)).run(None, {INPUT_NAME: x})
-    (mask_o,) = ort.InferenceSession(str(folder / SEGMENTER_ONNX)).run(None, {INPUT_NAME: x})
+    (mask_o,) = ort.InferenceSession(str(folder / SEGMENTER_ONNX)).run(None, {INPUT_NAME: seg_x})
     found = {"probability_max_abs": float(np.max(np.abs(prob_o - prob_k))),
              "features_max_abs": float(np.max(np.abs(feat_o - feat_k))),
              "mask_agreement": float(np.mean((mask_o >= 0.5) == (mask_k >= 0.5)))}

@@ -50,9 +50,16 @@ class ArrayDataset:
     splits: np.ndarray       # N str: train | val | test
     mask_keys: np.ndarray    # N str
     image_keys: np.ndarray   # N str
+    #: N x S x S x (3 + 2k): the segmenter's input with neighbouring slices (``add_context``);
+    #: None: the segmenter reads ``images``. Not cached.
+    seg_images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def segmenter_images(self) -> np.ndarray:
+        """What the segmenter reads: ``seg_images`` (2.5D) or the slices themselves."""
+        return self.images if self.seg_images is None else self.seg_images
 
     def subset(self, split: str) -> ArrayDataset:
         """The rows of one split (train, val or test)."""
@@ -62,7 +69,12 @@ class ArrayDataset:
 
     def take(self, rows: np.ndarray) -> ArrayDataset:
         """The given rows (a boolean mask or an index array)."""
-        return ArrayDataset(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return ArrayDataset(**{f.name: None if getattr(self, f.name) is None
+                               else getattr(self, f.name)[rows] for f in fields(self)})
+
+
+#: the ArrayDataset fields the local cache stores
+CACHED = tuple(f.name for f in fields(ArrayDataset) if f.name != "seg_images")
 
 
 def _join(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +143,7 @@ def _read_cache(path: Path, expected_hash: str, image_size: int) -> ArrayDataset
                 log.warning("array cache %s is stale (format or content hash differs); rebuilding",
                             path)
                 return None
-            data = ArrayDataset(**{f.name: npz[f.name] for f in fields(ArrayDataset)})
+            data = ArrayDataset(**{name: npz[name] for name in CACHED})
     except Exception as exc:
         log.warning("array cache %s is unreadable (%s: %s); rebuilding", path,
                     type(exc).__name__, exc)
@@ -139,7 +151,7 @@ def _read_cache(path: Path, expected_hash: str, image_size: int) -> ArrayDataset
     n = len(data.labels)
     if (data.images.shape != (n, image_size, image_size, 3) or data.images.dtype != np.uint8
             or data.masks.shape != (n, image_size, image_size)
-            or any(len(getattr(data, f.name)) != n for f in fields(data))):
+            or any(len(getattr(data, name)) != n for name in CACHED)):
         log.warning("array cache %s has inconsistent shapes; rebuilding", path)
         return None
     log.info("array cache hit: %s (%d slices)", path, n)
@@ -153,7 +165,7 @@ def _write_cache(path: Path, data: ArrayDataset, content: str) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, format=np.int64(CACHE_FORMAT), content_hash=np.str_(content),
-                     **{f.name: getattr(data, f.name) for f in fields(data)})
+                     **{name: getattr(data, name) for name in CACHED})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -188,9 +200,31 @@ def normalize_dataset(data: ArrayDataset, method: str) -> ArrayDataset:
     """The dataset with its images normalized study by study (``brain_tumor.ml.normalize``)."""
     from brain_tumor.ml.normalize import NONE, normalize_by_study
 
+    if data.seg_images is not None:
+        raise ValueError("normalize the dataset before add_context: its seg_images were built "
+                         "from the unnormalized slices")
     if method == NONE:
         return data
     return replace(data, images=normalize_by_study(data.images, data.patient_ids, method))
+
+
+def for_model(data: ArrayDataset, record: dict[str, Any]) -> ArrayDataset:
+    """The dataset as a model version reads it: normalized per study (``intensity_norm``) and
+    with the segmenter's neighbouring slices (``seg_context``), both from its model.json."""
+    from brain_tumor.ml.context import record_context
+    from brain_tumor.ml.normalize import record_method
+
+    return add_context(normalize_dataset(data, record_method(record)), record_context(record))
+
+
+def add_context(data: ArrayDataset, context: int) -> ArrayDataset:
+    """The dataset with the segmenter's 2.5D input (``brain_tumor.ml.context``) in
+    ``seg_images``; 0: none. Build it on whole studies, before any rows are dropped."""
+    from brain_tumor.ml.context import grouped_context
+
+    if not context:
+        return replace(data, seg_images=None)
+    return replace(data, seg_images=grouped_context(data.images, data.patient_ids, context))
 
 
 def fetch_native_masks(store: ObjectStore, keys: Sequence[str], workers: int = 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -74,21 +75,33 @@ def to_model_input(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarr
 
 
 def predict_batch(model: LoadedModel, x: np.ndarray, batch_size: int = 32,
-                  flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  flip: bool = False, seg_x: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Model-size float batch -> (tumor probabilities N, mask probability maps N x S x S).
 
-    ``flip``: test-time augmentation, the mean of the outputs on the slices and on their
-    left-right mirror images (maps mirrored back).
+    ``seg_x``: the segmenter's input when it differs from ``x`` (2.5D, ``ArrayDataset.
+    segmenter_images``). ``flip``: test-time augmentation, the mean of the outputs on the slices
+    and on their left-right mirror images (maps mirrored back).
     """
+    seg_x = x if seg_x is None else seg_x
     prob = np.asarray(model.classifier.predict(x, batch_size=batch_size, verbose=0)).reshape(-1)
-    maps = np.asarray(model.segmenter.predict(x, batch_size=batch_size, verbose=0))[..., 0]
+    maps = np.asarray(model.segmenter.predict(seg_x, batch_size=batch_size, verbose=0))[..., 0]
     if flip:
-        mirror = np.ascontiguousarray(np.asarray(x)[:, :, ::-1])
+        def mirror(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.asarray(a)[:, :, ::-1])
+
         prob = (prob + np.asarray(model.classifier.predict(
-            mirror, batch_size=batch_size, verbose=0)).reshape(-1)) / 2.0
+            mirror(x), batch_size=batch_size, verbose=0)).reshape(-1)) / 2.0
         maps = (maps + np.asarray(model.segmenter.predict(
-            mirror, batch_size=batch_size, verbose=0))[..., 0][:, :, ::-1]) / 2.0
+            mirror(seg_x), batch_size=batch_size, verbose=0))[..., 0][:, :, ::-1]) / 2.0
     return prob.astype(np.float64), maps
+
+
+def predict_dataset(model: LoadedModel, data: Any, batch_size: int = 32,
+                    flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``predict_batch`` of an ``ArrayDataset`` prepared for the model (``inputs.for_model``)."""
+    return predict_batch(model, data.images.astype(np.float32), batch_size, flip,
+                         np.asarray(data.segmenter_images(), np.float32))
 
 
 def native_mask(prob_map: np.ndarray, height: int, width: int, cut: float) -> np.ndarray:
@@ -116,9 +129,14 @@ def postprocess(prob: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]]
 def predict_slices(model: LoadedModel, images: np.ndarray | list[np.ndarray], *,
                    batch_size: int = 32, mask_threshold: float = 0.5,
                    gate_masks: bool = True) -> SlicePredictions:
-    """Predict every slice: probability, label, native-size mask and its geometry."""
+    """Predict every slice: probability, label, native-size mask and its geometry (the slices
+    of one study, in slice order, when the segmenter reads neighbouring slices)."""
+    from brain_tumor.ml.context import record_context, with_context
+
     x = to_model_input(images, model.image_size)
-    prob, maps = predict_batch(model, x, batch_size)
+    context = record_context(model.record)
+    prob, maps = predict_batch(model, x, batch_size,
+                               seg_x=with_context(x, context) if context else None)
     sizes = [tuple(np.asarray(img).shape[:2]) for img in images]
     label, masks = postprocess(prob, maps, sizes, model.threshold, mask_threshold, gate_masks)
     return SlicePredictions(prob, label, masks, [mask_geometry(m) for m in masks])

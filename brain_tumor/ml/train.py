@@ -7,7 +7,9 @@ weights restored, ModelCheckpoint, a warm-up LearningRateScheduler, CSV history)
 weights the classifier trains in two phases: frozen backbone, then its top stage fine-tuned at a
 lower learning rate. The segmenter's batches hold ``seg_tumor_fraction`` tumor slices, its loss
 is ``seg_loss``, and its epochs are judged by the per-patient Dice of the validation patients
-(``brain_tumor.ml.callbacks.PatientDice``), which picks the checkpoint and stops training. Inputs
+(``brain_tumor.ml.callbacks.PatientDice``), which picks the checkpoint and stops training; with
+``seg_context`` k it also reads the FLAIR of k neighbouring slices on each side
+(``brain_tumor.ml.context``). Inputs
 are normalized per study as ``intensity_norm`` says (``brain_tumor.ml.normalize``; model.json
 records it for scoring). The decision threshold is then chosen on the validation patients.
 
@@ -44,7 +46,7 @@ TRAINING_FIELDS = (
     "early_stopping_patience", "reduce_lr_patience", "dense_units", "dropout",
     "seg_base_filters", "seg_depth", "seg_epochs", "seg_learning_rate", "train_seed", "augment",
     "max_train_slices", "threshold_rule", "seg_tumor_fraction", "seg_loss", "intensity_norm",
-    "seg_encoder",
+    "seg_encoder", "seg_context",
     "postprocess_min_sensitivity", "postprocess_max_fp_per_patient",
     "ood_max_train_slices", "ood_slice_rate", "ood_study_share", "ood_study_rate",
 )
@@ -201,6 +203,7 @@ def train_classifier(data, settings: Settings, workdir: Path, verbose: int) -> t
 def build_segmenter_for(settings: Settings, classifier: Any = None) -> Any:
     """The segmenter ``settings.seg_encoder`` asks for, untrained: the U-Net, or the U-Net on the
     classifier's backbone with the trained ``classifier``'s encoder weights."""
+    from brain_tumor.ml.context import segmenter_channels
     from brain_tumor.ml.models import (
         build_backbone_segmenter,
         build_segmenter,
@@ -208,7 +211,8 @@ def build_segmenter_for(settings: Settings, classifier: Any = None) -> Any:
     )
 
     if settings.seg_encoder == "unet":
-        return build_segmenter(settings.image_size, settings.seg_base_filters, settings.seg_depth)
+        return build_segmenter(settings.image_size, settings.seg_base_filters, settings.seg_depth,
+                               segmenter_channels(settings.seg_context))
     if classifier is None:
         raise ValueError("seg_encoder 'backbone' starts from the trained classifier's backbone; "
                          "no classifier was given")
@@ -230,10 +234,12 @@ def train_segmenter(data, settings: Settings, workdir: Path, verbose: int,  # no
     from brain_tumor.ml.models import dice_coefficient, segmenter_loss
 
     train, val = data
-    seq = SliceSequence(train.images, train.masks, settings.batch_size, augment=settings.augment,
+    seq = SliceSequence(train.segmenter_images(), train.masks, settings.batch_size,
+                        augment=settings.augment,
                         masks_are_targets=True, labels=train.labels, shuffle=True,
                         seed=settings.train_seed, tumor_fraction=settings.seg_tumor_fraction)
-    val_seq = SliceSequence(val.images, val.masks, settings.batch_size, masks_are_targets=True)
+    val_seq = SliceSequence(val.segmenter_images(), val.masks, settings.batch_size,
+                            masks_are_targets=True)
     log.info("segmenter (%s encoder): %d train slices (%d with tumor, %.0f%% of each batch), "
              "%d val slices of %d patients, loss %s", settings.seg_encoder, len(train),
              int(np.sum(train.labels)), 100 * seq.tumor_fraction, len(val),
@@ -241,7 +247,7 @@ def train_segmenter(data, settings: Settings, workdir: Path, verbose: int,  # no
     model = build_segmenter_for(settings, classifier)
     model.compile(optimizer=keras.optimizers.Adam(settings.seg_learning_rate),
                   loss=segmenter_loss(settings.seg_loss), metrics=[dice_coefficient])
-    patient_dice = PatientDice(val.images, val.masks, val.patient_ids,
+    patient_dice = PatientDice(val.segmenter_images(), val.masks, val.patient_ids,
                                batch_size=settings.batch_size,
                                mask_threshold=settings.mask_threshold)
     callbacks = make_callbacks(workdir, "segmenter", settings, settings.seg_learning_rate,
@@ -271,7 +277,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
 
     from brain_tumor.evaluation.metrics import choose_threshold
     from brain_tumor.ml.export import export_for_cpu
-    from brain_tumor.ml.inputs import load_arrays, normalize_dataset
+    from brain_tumor.ml.inputs import add_context, load_arrays, normalize_dataset
 
     datasets = DatasetStore(store, settings)
     dataset_version = datasets.resolve(dataset_version)
@@ -285,6 +291,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
     keras.utils.set_random_seed(settings.train_seed)
     arrays = normalize_dataset(load_arrays(store, settings, dataset_version, settings.image_size,
                                            progress=verbose > 0), settings.intensity_norm)
+    arrays = add_context(arrays, settings.seg_context)  # on whole studies, before the cap
     train = _cap(arrays.subset("train"), settings.max_train_slices, settings.train_seed)
     val = arrays.subset("val")
     with tempfile.TemporaryDirectory(prefix=f"brain-tumor-{version}-") as tmp:
@@ -322,7 +329,7 @@ def train_model(store: ObjectStore, settings: Settings, dataset_version: str | N
                   "best_epochs": {"classifier": _best_epoch(c_hist, *CLASSIFIER_MONITOR),
                                   "segmenter": _best_epoch(s_hist, *SEGMENTER_MONITOR)},
                   "weights": weights, "intensity_norm": settings.intensity_norm,
-                  "seg_encoder": settings.seg_encoder,
+                  "seg_encoder": settings.seg_encoder, "seg_context": settings.seg_context,
                   "created_at": utc_now(), "code_version": code_version(),
                   "train_slices": len(train), "val_slices": len(val),
                   "postprocess": postprocess, "ood": ood_entry}

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from brain_tumor.ml.context import grouped_context, record_context
 from brain_tumor.ml.export import (
     CLASSIFIER_ONNX,
     INPUT_NAME,
@@ -75,7 +76,8 @@ class KerasEngine:
         """``predict`` of several studies, their slices batched together."""
         x = studies_input(studies, self.model.image_size, record_method(self.model.record))
         prob, features = self._classifier.predict(x, batch_size=self.batch_size, verbose=0)
-        maps = np.asarray(self.model.segmenter.predict(x, batch_size=self.batch_size,
+        seg_x = studies_context(x, studies, self.model.record)
+        maps = np.asarray(self.model.segmenter.predict(seg_x, batch_size=self.batch_size,
                                                        verbose=0))[..., 0]
         return split_studies(RawPrediction(np.asarray(prob).reshape(-1).astype(np.float64), maps,
                                            np.asarray(features, np.float32)),
@@ -98,6 +100,17 @@ def studies_input(studies: list[list[np.ndarray]], size: int, norm: str) -> np.n
         raise ValueError(f"every study needs at least one slice, received slice counts "
                          f"{[len(images) for images in studies]}")
     return np.concatenate([study_input(images, size, norm) for images in studies])
+
+
+def studies_context(x: np.ndarray, studies: list[list[np.ndarray]],
+                    record: dict[str, Any]) -> np.ndarray:
+    """The segmenter's input of ``studies_input``'s rows: each study's neighbouring slices added
+    on its own (``seg_context`` of model.json; 0: ``x`` itself)."""
+    context = record_context(record)
+    if not context:
+        return x
+    owner = np.repeat(np.arange(len(studies)), [len(images) for images in studies])
+    return grouped_context(x, owner, context)
 
 
 def split_studies(raw: RawPrediction, counts: list[int]) -> list[RawPrediction]:
@@ -220,13 +233,13 @@ class OnnxEngine:
     def predict_studies(self, studies: list[list[np.ndarray]]) -> list[RawPrediction]:
         """``predict`` of several studies, in batches that span study boundaries."""
         x = studies_input(studies, self.image_size, record_method(self.record))
+        seg_x = studies_context(x, studies, self.record)
         probs, features, maps = [], [], []
         for start, stop in batch_bounds(len(x), self.batch_size):
-            batch = {INPUT_NAME: x[start:stop]}
-            prob, feat = self.classifier(batch)
+            prob, feat = self.classifier({INPUT_NAME: x[start:stop]})
             probs.append(prob.reshape(-1))
             features.append(feat)
-            maps.append(self.segmenter(batch)[0][..., 0])
+            maps.append(self.segmenter({INPUT_NAME: seg_x[start:stop]})[0][..., 0])
         raw = RawPrediction(np.concatenate(probs).astype(np.float64),
                             np.concatenate(maps).astype(np.float32),
                             np.concatenate(features).astype(np.float32))

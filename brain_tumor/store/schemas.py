@@ -184,7 +184,10 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
            ), table=False),
     Schema("model", "models/<model_version>/model.json",
            "Written last: a model version exists once this object does. Versions with "
-           "whole-study post-processing add `postprocess` {rule, params, tuned_on, objective}.", (
+           "whole-study post-processing add `postprocess` {rule, params, tuned_on, objective}; "
+           "newer ones `seg_encoder` (unet | backbone: a U-Net decoder on the classifier's "
+           "backbone) and `seg_context` (neighbouring slices a side the segmenter reads, 2.5D); "
+           "absent: unet, 0.", (
                Col("model_version", "str", "m-<12 hex>, derived from dataset version + training "
                                            "settings + code version"),
                Col("dataset_version", "str", "the data it was trained on"),
@@ -193,8 +196,6 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
                                          "patients"),
                Col("threshold_rule", "str", "youden | f1"),
                Col("backbone", "str", "resnet50 | tiny"),
-               Col("seg_encoder", "str", "unet | backbone (U-Net decoder on the classifier's "
-                                         "backbone); absent in older versions: unet"),
                Col("keras_backend", "str", "tensorflow | jax | torch"),
                Col("best_epochs", "dict", "best epoch (1-based) per model, from the checkpoints"),
                Col("created_at", "str", "ISO 8601 UTC"),

@@ -44,19 +44,26 @@ def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTen
     return x
 
 
-def build_segmenter(image_size: int = 256, base_filters: int = 16, depth: int = 4) -> keras.Model:
-    """U-Net on raw 0..255 RGB slices (rescaled inside) -> (H, W, 1) sigmoid output "tumor_mask"."""
+def build_segmenter(image_size: int = 256, base_filters: int = 16, depth: int = 4,
+                    channels: int = 3) -> keras.Model:
+    """U-Net on raw 0..255 slices (rescaled inside) -> (H, W, 1) sigmoid output "tumor_mask".
+
+    channels: 3 (the slice), or 3 + 2k with k neighbouring FLAIR slices on each side (2.5D,
+    ``brain_tumor.ml.context``).
+    """
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
+    if not isinstance(channels, int) or channels < 3:
+        raise ValueError(f"channels must be an int >= 3, got {channels!r}")
     if image_size % (2**depth):
         raise ValueError(
             f"image_size must be divisible by 2**depth = {2**depth}, got image_size={image_size}"
         )
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = keras.Input((image_size, image_size, channels), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     skips = []
     for level in range(depth):
@@ -66,7 +73,8 @@ def build_segmenter(image_size: int = 256, base_filters: int = 16, depth: int = 
     x = _conv_block(x, base_filters * 2**depth, name="bottleneck")
     outputs = _decode(x, skips, base_filters)
     model = keras.Model(inputs, outputs, name="tumor_segmenter")
-    logger.debug("built U-Net image_size=%d base=%d depth=%d", image_size, base_filters, depth)
+    logger.debug("built U-Net image_size=%d base=%d depth=%d channels=%d", image_size,
+                 base_filters, depth, channels)
     return model
 
 

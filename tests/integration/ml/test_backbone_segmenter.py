@@ -4,6 +4,7 @@ model version and card say which segmenter it is."""
 
 import numpy as np
 import pytest
+from support import own_dataset
 
 from brain_tumor import steps
 from brain_tumor.evaluation.report import model_card
@@ -16,12 +17,11 @@ from brain_tumor.store.modelstore import ModelStore
 
 
 def test_segmenter_on_the_classifier_backbone_trains_exports_and_scores(trained, tmp_path):
-    settings, record = trained
-    shared = settings.model_copy(update={"seg_encoder": "backbone", "epochs": 1, "seg_epochs": 1,
-                                         "home": tmp_path / "home"})
-    assert model_version_id(record["dataset_version"], shared) != model_version_id(
-        record["dataset_version"], shared.model_copy(update={"seg_encoder": "unet"}))
-    made = steps.train(shared, record["dataset_version"], verbose=0)
+    shared, dataset = own_dataset(trained[0], "backbone-segmenter", tmp_path / "home",
+                                  seg_encoder="backbone", epochs=1, seg_epochs=1)
+    assert model_version_id(dataset, shared) != model_version_id(
+        dataset, shared.model_copy(update={"seg_encoder": "unet"}))
+    made = steps.train(shared, dataset, verbose=0)
     store = steps.open_store(shared)
     models = ModelStore(store, shared)
     assert made["seg_encoder"] == "backbone"
@@ -31,7 +31,7 @@ def test_segmenter_on_the_classifier_backbone_trains_exports_and_scores(trained,
 
     model = load_model_version(store, shared, made["model_version"])
     assert model.segmenter.get_layer("backbone").get_layer("tiny_top_conv") is not None
-    val = load_arrays(store, shared, record["dataset_version"], 32).subset("val")
+    val = load_arrays(store, shared, dataset, 32).subset("val")
     images = list(val.images[:5])
     keras_maps = model.segmenter.predict(val.images[:5].astype(np.float32), verbose=0)[..., 0]
     onnx = load_engine(store, shared.model_copy(update={"engine": "onnx"}), made["model_version"])

@@ -91,7 +91,8 @@ def test_tune_on_validation_reads_only_what_it_is_given() -> None:
     images[:, 0, 0, 0] = np.arange(len(val.prob))
     data = SimpleNamespace(splits=np.array(["val"] * len(val.prob)), images=images,
                            patient_ids=val.patient_ids, slice_index=val.slice_index,
-                           labels=val.y_true, masks=val.true_masks)
+                           labels=val.y_true, masks=val.true_masks,
+                           segmenter_images=lambda: images)
     from brain_tumor.settings import load_settings
 
     settings = load_settings(env={}, postprocess_min_sensitivity=0.9,
