@@ -23,7 +23,8 @@ from brain_tumor.ml.inputs import ArrayDataset
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
-#: xz shrinks these slices about 3.5 times; a first guess of how many raw bytes fill a shard
+#: a first guess of how many raw bytes fill a shard (the 81 LGG patients at 256 px: 780 MB of
+#: slices and masks in 217.5 MiB of shards, about 3.4 times)
 GUESSED_RATIO = 3.0
 #: fields stored per slice (the keys are not needed away from S3)
 STORED = ("images", "masks", "labels", "patient_ids", "slice_index", "splits")
@@ -63,15 +64,22 @@ def write_shards(data: ArrayDataset, folder: Path, max_bytes: int,
     folder.mkdir(parents=True, exist_ok=True)
     pending = _patient_groups(data, max_bytes * GUESSED_RATIO)
     written: list[tuple[list[str], bytes]] = []
+    done = 0
+    total = len(np.unique(data.patient_ids))
     while pending:
         group = pending.pop(0)
         blob = _encode(data.take(np.isin(data.patient_ids, group)))
         if len(blob) <= max_bytes:
             written.append((group, blob))
+            done += len(group)
+            log.info("compressed %d of %d patients (%d in this shard, %.1f MiB)", done, total,
+                     len(group), len(blob) / 2**20)
             continue
         if len(group) == 1:
             raise ValueError(f"patient {group[0]} alone compresses to {len(blob)} bytes, over "
                              f"the shard limit of {max_bytes}")
+        log.info("%d patients compress to %.1f MiB, over the limit: halving the group",
+                 len(group), len(blob) / 2**20)
         half = len(group) // 2
         pending[:0] = [group[:half], group[half:]]
     paths = []
