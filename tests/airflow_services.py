@@ -165,6 +165,18 @@ class AirflowServices:
         return requests.request(method, f"{self.base_url}/api/v2/{path.lstrip('/')}",
                                 headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
+    def api_write(self, method: str, path: str, attempts: int = 5, **kwargs: Any
+                  ) -> requests.Response:
+        """``api`` for a call that writes to the metadata database, retried on a server error:
+        on SQLite (one writer at a time) the API server's write fails after its 5 s lock wait
+        while the scheduler holds the lock — a slow machine makes that likely."""
+        for attempt in range(1, attempts + 1):
+            resp = self.api(method, path, **kwargs)
+            if resp.status_code < 500 or attempt == attempts:
+                return resp
+            time.sleep(2)
+        return resp
+
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
         """Wait until the DAG processor has parsed dag_id; returns the DAG's record."""
         deadline = time.monotonic() + timeout
@@ -179,13 +191,13 @@ class AirflowServices:
     def unpause(self, dag_id: str) -> None:
         """Unpause a DAG (it must be parsed)."""
         self.wait_for_dag(dag_id)
-        self.api("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        self.api_write("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Trigger a run now; returns its run id."""
         self.wait_for_dag(dag_id)
-        resp = self.api("POST", f"dags/{dag_id}/dagRuns",
-                        json={"logical_date": None, "conf": conf or {}})
+        resp = self.api_write("POST", f"dags/{dag_id}/dagRuns",
+                              json={"logical_date": None, "conf": conf or {}})
         resp.raise_for_status()
         return resp.json()["dag_run_id"]
 

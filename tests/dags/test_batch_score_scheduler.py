@@ -52,7 +52,7 @@ def test_cron_and_champion_asset_start_runs(trained, make_settings, tmp_path: Pa
 
         assets = airflow.api("GET", "assets", params={"name_pattern": "brain_tumor_champion"})
         asset_id = assets.json()["assets"][0]["id"]
-        airflow.api("POST", "assets/events", json={"asset_id": asset_id}).raise_for_status()
+        airflow.api_write("POST", "assets/events", json={"asset_id": asset_id}).raise_for_status()
         triggered = airflow.wait_for_run(DAG_ID, run_type="asset_triggered", timeout=180)
 
         assert triggered["state"] == "success", airflow.logs()
