@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -21,6 +21,9 @@ from brain_tumor.scoring.geometry import mask_geometry
 from brain_tumor.settings import Settings
 from brain_tumor.store.modelstore import ModelStore
 from brain_tumor.store.storage import ObjectStore
+
+if TYPE_CHECKING:  # inputs imports Keras; scoring through an engine never loads it
+    from brain_tumor.ml.inputs import ArrayDataset
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def predict_batch(model: LoadedModel, x: np.ndarray, batch_size: int = 32,
     return prob.astype(np.float64), maps
 
 
-def predict_dataset(model: LoadedModel, data: Any, batch_size: int = 32,
+def predict_dataset(model: LoadedModel, data: ArrayDataset, batch_size: int = 32,
                     flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``predict_batch`` of an ``ArrayDataset`` prepared for the model (``inputs.for_model``)."""
     return predict_batch(model, data.images.astype(np.float32), batch_size, flip,

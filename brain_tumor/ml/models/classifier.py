@@ -74,12 +74,17 @@ def _tiny_backbone(image_size: int) -> keras.Model:
 
 
 def build_backbone(backbone: str, image_size: int,
-                   weights: str | os.PathLike | None = None) -> keras.Model:
+                   weights: str | os.PathLike | None = None,
+                   from_scratch: bool | None = None) -> keras.Model:
     """The backbone sub-model named ``backbone``: ResNet50 without its top, or the tiny stack.
 
     weights: None, "imagenet" or a ``.h5`` file of the backbone's weights. Built from scratch,
     its BatchNorm layers follow their batches faster (``SCRATCH_BN_MOMENTUM``).
+    from_scratch: whether the weights it will train from are its own initial ones (default: no
+    ``weights``); False for a backbone built empty that receives pretrained weights later.
     """
+    if from_scratch is None:
+        from_scratch = weights is None
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     if backbone == "resnet50" and image_size < RESNET50_MIN_SIZE:
@@ -95,7 +100,7 @@ def build_backbone(backbone: str, image_size: int,
         base = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME
         )
-    if weights is None:
+    if from_scratch:
         # From scratch the weights move fast; BatchNorm's moving statistics must follow them or
         # inference-mode outputs collapse to one class for the first epochs (0.99 lags ~100 steps).
         for layer in base.layers:

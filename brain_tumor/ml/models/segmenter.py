@@ -108,7 +108,9 @@ def build_backbone_segmenter(image_size: int = 256, backbone: str = "resnet50",
     if not isinstance(image_size, int) or image_size <= 0 or image_size % stride:
         raise ValueError(f"the {backbone} encoder needs an image_size divisible by {stride}, "
                          f"got {image_size!r}")
-    base = build_backbone(backbone, image_size)
+    # built empty, its weights copied from the classifier's: BatchNorm keeps the momentum the
+    # classifier's backbone trained with (pretrained weights move slowly)
+    base = build_backbone(backbone, image_size, from_scratch=not pretrained)
     encoder = keras.Model(base.inputs,
                           [base.get_layer(name).output for name in (*skip_names, deepest)],
                           name=BACKBONE_NAME)

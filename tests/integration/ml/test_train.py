@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from support import own_dataset
 
 from brain_tumor import steps
 from brain_tumor.evaluation.metrics import choose_threshold
@@ -102,11 +103,10 @@ def test_warmup_then_leaves_the_rate_to_plateau_reduction():
 
 
 def test_trains_under_the_jax_backend(trained, tmp_path):
-    settings, record = trained
     from brain_tumor.settings import settings_to_env
 
-    jax_settings = settings.model_copy(update={"keras_backend": "jax", "epochs": 1,
-                                               "seg_epochs": 1, "home": tmp_path / "jax"})
+    jax_settings, dataset = own_dataset(trained[0], "train-jax", tmp_path / "jax",
+                                        keras_backend="jax", epochs=1, seg_epochs=1)
     env = {**os.environ, **settings_to_env(jax_settings), "KERAS_BACKEND": "jax"}
     code = ("import sys, json; from brain_tumor.cli import main; "
             "sys.exit(main(['--json', 'train']))")
@@ -114,7 +114,8 @@ def test_trains_under_the_jax_backend(trained, tmp_path):
                          timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     made = json.loads(out.stdout[out.stdout.index("{"):])
-    assert made["keras_backend"] == "jax" and made["model_version"] != record["model_version"]
+    assert made["keras_backend"] == "jax" and made["dataset_version"] == dataset
+    assert ModelStore(steps.open_store(jax_settings), jax_settings).exists(made["model_version"])
     assert "classifier epoch 1/1: loss " in out.stderr  # progress on stderr, stdout stays JSON
     check = ("import os, sys; os.environ['KERAS_BACKEND']='jax'; "
              "import brain_tumor.ml.inputs, brain_tumor.ml.models, brain_tumor.ml.train; "
@@ -128,15 +129,15 @@ def test_pretrained_weights_train_in_two_phases(trained, tmp_path):
 
     from brain_tumor.ml.models.classifier import build_classifier, get_backbone
 
-    settings, record = trained
     weights = tmp_path / "resnet50.weights.h5"
     get_backbone(build_classifier(32, None, "resnet50")).save_weights(str(weights))
-    tuned = settings.model_copy(update={
-        "backbone": "resnet50", "weights": str(weights), "epochs": 1, "fine_tune_epochs": 1,
-        "seg_epochs": 1, "max_train_slices": 16, "batch_size": 8, "home": tmp_path / "home"})
-    made = steps.train(tuned, record["dataset_version"], verbose=0)
-    store = steps.open_store(settings)
-    models = ModelStore(store, settings)
+    tuned, dataset = own_dataset(
+        trained[0], "train-pretrained", tmp_path / "home", backbone="resnet50",
+        weights=str(weights), epochs=1, fine_tune_epochs=1, seg_epochs=1, max_train_slices=16,
+        batch_size=8)
+    made = steps.train(tuned, dataset, verbose=0)
+    store = steps.open_store(tuned)
+    models = ModelStore(store, tuned)
     keys = {o.key.rsplit("/", 1)[1] for o in store.list(models.key(made["model_version"]) + "/")}
     assert "classifier_finetune_history.csv" in keys
     history = json.loads(store.get(models.key(made["model_version"], "history.json")))

@@ -192,3 +192,31 @@ def test_encoder_copy_refuses_another_preprocessing() -> None:
     segmenter = build_backbone_segmenter(SIZE, "tiny", pretrained=True, base_filters=4)
     with pytest.raises(ValueError, match="CaffePreprocessing but the classifier with Rescaling"):
         copy_encoder_weights(segmenter, build_classifier(SIZE, backbone="tiny", dense_units=8))
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_backbone_unet_encoder_batchnorm_follows_the_classifier(tmp_path: Path,
+                                                                pretrained: bool) -> None:
+    """The encoder's BatchNorm momentum is the one its classifier's backbone trained with:
+    fast from scratch, Keras's default when the classifier starts from a weights file."""
+    from brain_tumor.ml.models.classifier import (
+        SCRATCH_BN_MOMENTUM,
+        build_classifier,
+        get_backbone,
+    )
+    from brain_tumor.ml.models.segmenter import build_backbone_segmenter
+
+    weights = None
+    if pretrained:
+        weights = tmp_path / "tiny.weights.h5"
+        get_backbone(build_classifier(SIZE, backbone="tiny", dense_units=8)).save_weights(weights)
+    classifier = build_classifier(SIZE, weights=weights, backbone="tiny", dense_units=8)
+    segmenter = build_backbone_segmenter(SIZE, "tiny", pretrained=pretrained, base_filters=4)
+
+    def momenta(model: keras.Model) -> dict[str, float]:
+        return {layer.name: layer.momentum for layer in get_backbone(model).layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    expected = 0.99 if pretrained else SCRATCH_BN_MOMENTUM
+    assert momenta(segmenter) == momenta(classifier)
+    assert set(momenta(segmenter).values()) == {expected}
