@@ -7,7 +7,6 @@ bucket), SeaweedFS (`weed mini`, the embedded default) where marked.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TINY_TRAINING, free_port, ports_free
+from support import TINY_TRAINING, free_port, free_port_base
 
 from brain_tumor.devtools.embedded_s3 import EmbeddedS3
 from brain_tumor.settings import Settings, load_settings, settings_to_env
@@ -95,11 +94,7 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     """A real SeaweedFS server (the embedded default) on free loopback ports."""
-    rng = random.Random()
-    base = next((b for b in (rng.randrange(30000, 40000) for _ in range(50)) if ports_free(b)),
-                None)
-    if base is None:
-        pytest.fail("no free port range for SeaweedFS")
+    base = free_port_base(30000, 40000)
     server = EmbeddedS3(tmp_path_factory.mktemp("seaweed"), port=free_port(), port_base=base,
                         bucket="brain-tumor-test")
     server.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -41,6 +42,8 @@ def free_port() -> int:
 
 
 def ports_free(base: int) -> bool:
+    """Whether SeaweedFS's internal ports numbered from base (and their gRPC ports, 10000
+    above) are all free."""
     for port in [*range(base, base + 7), *range(base + 10000, base + 10007)]:
         with socket.socket() as s:
             try:
@@ -48,6 +51,16 @@ def ports_free(base: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def free_port_base(low: int, high: int, what: str = "SeaweedFS") -> int:
+    """A random base in [low, high) whose SeaweedFS port range is free (``ports_free``); the
+    test fails naming ``what`` when 50 tries find none."""
+    rng = random.Random()
+    base = next((b for b in (rng.randrange(low, high) for _ in range(50)) if ports_free(b)), None)
+    if base is None:
+        pytest.fail(f"no free port range for {what} between {low} and {high}")
+    return base
 
 
 def copy_model(src: Settings, version: str, dst: Settings, as_version: str | None = None) -> str:

@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def demo_env(tmp_path):
-    from support import free_port, ports_free
+    from support import free_port, free_port_base
 
-    base = next(b for b in range(41000, 49000, 50) if ports_free(b))
+    base = free_port_base(41000, 49000)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAIN_TUMOR_", "AIRFLOW"))}
     env.update({"BRAIN_TUMOR_HOME": str(tmp_path / "home"),

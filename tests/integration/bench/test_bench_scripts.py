@@ -6,13 +6,12 @@ previous one left and reports what its docstring promises."""
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import free_port, ports_free
+from support import free_port, free_port_base
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = {"backbone": "tiny", "image_size": 32, "epochs": 1, "seg_epochs": 1, "seg_depth": 2,
@@ -53,11 +52,7 @@ def bench_home(tmp_path_factory):
     data = make_export(work / "kaggle_3m", SynthSpec(patients=10, slices=6, size=256, seed=3,
                                                      tumor_free_patients=1)).root
     _black_background(data)
-    rng = random.Random()
-    base = next((b for b in (rng.randrange(40000, 50000) for _ in range(50)) if ports_free(b)),
-                None)
-    if base is None:
-        pytest.fail("no free port range for the benchmark's SeaweedFS")
+    base = free_port_base(40000, 50000, "the benchmark's SeaweedFS")
     env = {**os.environ, "BENCH_S3_PORT": str(free_port()), "BENCH_S3_PORT_BASE": str(base),
            "PYTHONUNBUFFERED": "1"}
     env.pop("BRAIN_TUMOR_WEIGHTS", None)
