@@ -69,7 +69,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ood import patient_values, read_values, refit_reference, split_patients, unpack_patients
+from ood import (
+    patient_values,
+    read_split,
+    read_values,
+    refit_reference,
+    split_patients,
+    unpack_patients,
+)
 from quality import PROFILES, _server, _settings, emit, machine, start_logging
 
 SLICE_RATES = (0.002, 0.005, 0.01, 0.02, 0.05)
@@ -311,21 +318,6 @@ def _study_distances(folds: list[list[str]], by_patient: dict, refs: list, full:
               **{kind: share(full, vals) for kind, vals in foreign.items()}}
     return {k: {"min": round(min(v), 3), "median": round(float(np.median(v)), 3),
                 "max": round(max(v), 3)} for k, v in groups.items()}
-
-
-def read_split(path: Path) -> dict[str, list[str]]:
-    """The patient ids of each split of a split CSV (columns patient_id, split), each sorted."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"patient_id", "split"} <= set(rows[0]):
-        raise SystemExit(f"{path}: need the columns patient_id and split, received "
-                         f"{list(rows[0]) if rows else 'no rows'}")
-    out: dict[str, list[str]] = {}
-    for row in rows:
-        out.setdefault(row["split"], []).append(row["patient_id"])
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def geometry_run(args: argparse.Namespace) -> dict:

@@ -16,7 +16,16 @@ Profiles:
 
   python bench/quality.py run DATA [--profile cpu] [--home DIR] [--json OUT]
   python bench/quality.py export-cache --home DIR --out CACHE_DIR [--size 256] [--shard-mib 60]
+  python bench/quality.py split-csv --home DIR --out SPLIT.csv [--dataset-version V]
   KERAS_BACKEND=jax python bench/quality.py run-cache CACHE_DIR [--profile gpu] [--out-dir OUT]
+  python bench/quality.py seg-ablation DATA --arm seg_context=0 --arm seg_context=1 \
+      [--seg-epochs N] [--home DIR] [--json OUT]
+
+seg-ablation compares U-Net options (2.5D input, loss, filters: whatever leaves the classifier
+alone) on the validation patients only, at an equal budget: each arm trains the profile's U-Net
+with its --set overrides from the same seed, and is judged by the per-patient validation Dice of
+its best epoch (the value that checkpoints it), with a paired bootstrap of each arm against the
+first. The test patients are dropped before any training.
 
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
 Backbone weights: --weights (imagenet or a .h5 file), else BRAIN_TUMOR_WEIGHTS, else none; the
@@ -39,6 +48,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from brain_tumor.ml.inputs import ArrayDataset
     from brain_tumor.settings import Settings
@@ -60,6 +71,7 @@ PROFILES: dict[str, dict] = {
             "seg_loss": "batch_dice_bce", "intensity_norm": "none"},
 }
 WEIGHTS_ENV = "BRAIN_TUMOR_WEIGHTS"
+log = logging.getLogger("bench.quality")
 
 
 def profile_settings(args: argparse.Namespace) -> dict:
@@ -126,32 +138,44 @@ def _settings(server, home: Path, values: dict):
                          home=home, **{**keys, **values})
 
 
+def _started_server(home: Path):
+    server = _server(home)
+    server.start()
+    return server
+
+
+def _ingested(settings: Settings, data: Path, timings: dict[str, float]) -> tuple[str, dict]:
+    """Upload the export (once), ingest and split it: (dataset version, split summary). Upload
+    and ingest seconds go into ``timings``."""
+    from brain_tumor import steps
+    from brain_tumor.ingest.exports import list_exports, split_archive_name, upload_export
+
+    store = steps.open_store(settings)
+    parsed = split_archive_name(data.name)
+    export_id = parsed[0] if parsed else data.name
+    start = time.perf_counter()
+    if export_id not in list_exports(store, settings):
+        upload_export(store, settings, data, export_id)
+    timings["upload_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    version = steps.ingest(settings, [export_id])["dataset_version"]
+    timings["ingest_s"] = time.perf_counter() - start
+    return version, steps.split(settings, version)
+
+
 def cmd_run(args: argparse.Namespace) -> dict:
     """The whole pipeline through S3."""
     from brain_tumor import steps
-    from brain_tumor.ingest.exports import list_exports, split_archive_name, upload_export
     from brain_tumor.ml.inputs import for_model, load_arrays
     from brain_tumor.ml.predict import load_model_version, predict_dataset
     from brain_tumor.store.modelstore import ModelStore
 
     home = Path(args.home).resolve()
-    server = _server(home)
-    server.start()
     values = profile_settings(args)
-    settings = _settings(server, home, values)
+    settings = _settings(_started_server(home), home, values)
     store = steps.open_store(settings)
-    data = Path(args.data)
-    parsed = split_archive_name(data.name)
-    export_id = parsed[0] if parsed else data.name
     t = {}
-    start = time.perf_counter()
-    if export_id not in list_exports(store, settings):
-        upload_export(store, settings, data, export_id)
-    t["upload_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    version = steps.ingest(settings, [export_id])["dataset_version"]
-    t["ingest_s"] = time.perf_counter() - start
-    split = steps.split(settings, version)
+    version, split = _ingested(settings, Path(args.data), t)
     start = time.perf_counter()
     record = steps.train(settings, version, verbose=2)
     t["train_s"] = time.perf_counter() - start
@@ -191,9 +215,7 @@ def cmd_export_cache(args: argparse.Namespace) -> dict:
     from brain_tumor.store.datasets import DatasetStore
 
     home = Path(args.home).resolve()
-    server = _server(home)
-    server.start()
-    settings = _settings(server, home, PROFILES["gpu"])
+    settings = _settings(_started_server(home), home, PROFILES["gpu"])
     store = steps.open_store(settings)
     version = DatasetStore(store, settings).resolve(args.dataset_version)
     arrays = load_arrays(store, settings, version, args.size, progress=True)
@@ -202,13 +224,30 @@ def cmd_export_cache(args: argparse.Namespace) -> dict:
             "bytes": sum(p.stat().st_size for p in paths)}
 
 
+def cmd_split_csv(args: argparse.Namespace) -> dict:
+    """Write a finished dataset version's split as CSV (patient_id, split), for the scripts that
+    read patients from the archive without S3 (``bench/ood_design.py --split``)."""
+    from brain_tumor import steps
+    from brain_tumor.store.datasets import DatasetStore
+
+    home = Path(args.home).resolve()
+    settings = _settings(_started_server(home), home, PROFILES["cpu"])
+    datasets = DatasetStore(steps.open_store(settings), settings)
+    version = datasets.resolve(args.dataset_version)
+    split = datasets.split(version)[["patient_id", "split"]].drop_duplicates()
+    split = split.sort_values(["split", "patient_id"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    split.to_csv(args.out, index=False)
+    return {"out": args.out, "dataset_version": version,
+            "patients": split["split"].value_counts().sort_index().to_dict()}
+
+
 def evaluate_cached(arrays: ArrayDataset, settings: Settings, out_dir: Path | None = None
                     ) -> dict:
     """Train both models on the cached train patients, tune the post-processing and the
     threshold on its validation patients, and evaluate once on its test patients — the recipe
     ``brain-tumor train`` + ``evaluate`` run, without S3. Plots go to ``out_dir``."""
     import keras
-    import numpy as np
 
     from brain_tumor.evaluation.evaluate import Predictions, evaluate
     from brain_tumor.evaluation.metrics import choose_threshold
@@ -284,6 +323,100 @@ def cmd_run_cache(args: argparse.Namespace) -> dict:
     return result
 
 
+def parse_arm(text: str) -> dict[str, str]:
+    """One ablation arm: comma-separated NAME=VALUE overrides ('' or 'baseline': none)."""
+    arm: dict[str, str] = {}
+    if text.strip() in ("", "baseline"):
+        return arm
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--arm takes NAME=VALUE[,NAME=VALUE...], received {text!r}")
+        arm[name.strip()] = value.strip()
+    return arm
+
+
+def paired_difference(first: dict[str, float], other: dict[str, float], n_boot: int,
+                      seed: int) -> dict[str, float | None]:
+    """Mean per-patient difference other - first and its 95% bootstrap interval over patients."""
+    from brain_tumor.evaluation.metrics import bootstrap_ci
+
+    names = sorted(first)
+    if sorted(other) != names:
+        raise ValueError(f"arms scored different patients: {names} and {sorted(other)}")
+    diff = np.array([other[n] - first[n] for n in names])
+    low, high = bootstrap_ci(names, lambda idx: float(np.mean(diff[idx])), n_boot, seed)
+    return {"mean": round(float(diff.mean()), 4), "ci_low": low, "ci_high": high,
+            "patients_better": int(np.sum(diff > 0)), "patients_worse": int(np.sum(diff < 0))}
+
+
+def train_arm(train: ArrayDataset, val: ArrayDataset, settings: Settings) -> dict:
+    """Train the U-Net of ``settings`` on the training slices; its validation figures."""
+    import keras
+
+    from brain_tumor.ml.callbacks import patient_dice_scores
+    from brain_tumor.ml.inputs import add_context, normalize_dataset
+    from brain_tumor.ml.train import train_segmenter
+
+    if settings.seg_encoder != "unet":
+        raise SystemExit("seg-ablation trains the U-Net alone; seg_encoder 'backbone' needs the "
+                         "trained classifier (compare it with `run`)")
+    train, val = (add_context(normalize_dataset(d, settings.intensity_norm), settings.seg_context)
+                  for d in (train, val))
+    keras.utils.set_random_seed(settings.train_seed)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, history = train_segmenter((train, val), settings, Path(tmp), verbose=2)
+    train_s = time.perf_counter() - start
+    maps = np.asarray(model.predict(val.segmenter_images().astype("float32"),
+                                    batch_size=settings.batch_size, verbose=0))
+    pred = maps.reshape(val.masks.shape) >= settings.mask_threshold
+    per_patient = patient_dice_scores(val.patient_ids, val.masks, pred)
+    curve = [round(float(v), 4) for v in history.get("val_patient_dice", [])]
+    return {"val_patient_dice_mean": round(float(np.mean(list(per_patient.values()))), 4),
+            "val_patient_dice_median": round(float(np.median(list(per_patient.values()))), 4),
+            "best_epoch": int(np.argmax(curve)) + 1 if curve else None,
+            "epochs_run": len(history.get("loss", [])), "val_patient_dice_by_epoch": curve,
+            "train_s": round(train_s, 1), "per_patient": per_patient}
+
+
+def cmd_seg_ablation(args: argparse.Namespace) -> dict:
+    """U-Net options compared on the validation patients at an equal budget (no test patient)."""
+    from brain_tumor import steps
+    from brain_tumor.ml.inputs import load_arrays
+
+    home = Path(args.home).resolve()
+    values = profile_settings(args)
+    if args.seg_epochs:
+        values["seg_epochs"] = args.seg_epochs
+    server = _started_server(home)
+    settings = _settings(server, home, values)
+    t: dict[str, float] = {}
+    version, split = _ingested(settings, Path(args.data), t)
+    arrays = load_arrays(steps.open_store(settings), settings, version, settings.image_size,
+                         progress=True)
+    train, val = arrays.subset("train"), arrays.subset("val")
+    del arrays  # the test patients are never read past this point
+    arms = [parse_arm(a) for a in args.arm] or [{}]
+    results = []
+    for arm in arms:
+        log.info("arm %s: training the U-Net (%s epochs at most)", arm or "baseline",
+                 values["seg_epochs"])
+        results.append({"arm": arm, **train_arm(train, val,
+                                                _settings(server, home, {**values, **arm}))})
+    first = results[0]["per_patient"]
+    for row in results[1:]:
+        row["difference_to_first"] = paired_difference(first, row["per_patient"],
+                                                       settings.bootstrap_samples,
+                                                       settings.train_seed)
+    return {"profile": args.profile, "settings": values, "machine": machine(),
+            "dataset_version": version, "split": split["splits"],
+            "train_slices": len(train), "val_slices": len(val),
+            "val_patients": int(len(np.unique(val.patient_ids))), "arms": results,
+            "timings_s": {k: round(v, 1) for k, v in t.items()},
+            "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help=f"backbone weights: imagenet or a .h5 file (default: "
                                      f"${WEIGHTS_ENV}, else none)")
@@ -310,17 +443,34 @@ def main() -> int:
     p.add_argument("--out", required=True, help="folder for the shards and index.json")
     p.add_argument("--shard-mib", type=float, default=60.0,
                    help="largest shard, MiB (a device call carries at most 64 MiB)")
+    p = sub.add_parser("split-csv", help="a dataset version's split -> patient_id,split CSV")
+    p.add_argument("--home", default="bench/results/quality-home")
+    p.add_argument("--dataset-version", help="default: the newest (HEAD)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", help="also write the summary here")
     p = sub.add_parser("run-cache", help="train + evaluate from a shard folder, no S3")
     p.add_argument("cache", help="folder written by export-cache, or one shard")
     p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     p.add_argument("--json")
     p.add_argument("--out-dir", help="write result.json and the evaluation plots here")
     _model_options(p)
+    p = sub.add_parser("seg-ablation", help="U-Net options compared on validation patients")
+    p.add_argument("data", help="LGG archive or unpacked kaggle_3m folder")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    p.add_argument("--home", default="bench/results/quality-home")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="one arm's overrides on top of the profile ('baseline': none); "
+                        "repeatable, the first is the reference of the paired differences")
+    p.add_argument("--seg-epochs", type=int, help="the U-Net's epoch budget for every arm "
+                                                  "(default: the profile's)")
+    p.add_argument("--json", help="also write the figures here")
+    _model_options(p)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    fn = {"run": cmd_run, "export-cache": cmd_export_cache, "run-cache": cmd_run_cache}[args.cmd]
+    fn = {"run": cmd_run, "export-cache": cmd_export_cache, "run-cache": cmd_run_cache,
+          "seg-ablation": cmd_seg_ablation, "split-csv": cmd_split_csv}[args.cmd]
     result = fn(args)
     emit(result, getattr(args, "json", None))
     return 0

@@ -1,6 +1,7 @@
 """The real-data benchmarks' plumbing at a tiny size: ``bench/quality.py run`` through its own
 SeaweedFS on a small synthetic kaggle_3m folder, then ``bench/clinical_formats.py --refit``,
-``bench/ood.py --refit`` and ``bench/postprocess_ablation.py`` on the model version it left.
+``bench/ood.py --refit`` and ``bench/postprocess_ablation.py`` on the model version it left, and
+``bench/quality.py seg-ablation`` on the dataset version it ingested.
 The figures mean nothing at this size; what is checked is that each script runs on what the
 previous one left and reports what its docstring promises."""
 
@@ -116,3 +117,50 @@ def test_ood_refit_and_postprocess_ablation_run_on_the_same_model(bench_home):
     rules = [row["rule"] for row in ablation["rows"]]
     assert any(rule.startswith("flip TTA") for rule in rules) and len(rules) > 2
     assert "| rule |" in ablation["markdown"]
+
+
+def test_seg_ablation_compares_unet_arms_on_validation_patients_only(bench_home):
+    data, home, env, run = bench_home
+    sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
+    out = _bench("quality.py", "seg-ablation", str(data), "--home", str(home), "--arm",
+                 "baseline", "--arm", "seg_context=1", "--seg-epochs", "1", *sets, env=env,
+                 cwd=home.parent)
+    assert out["dataset_version"] == run["dataset_version"]
+    val_patients = next(s["patients"] for s in run["split"] if s["split"] == "val")
+    train_slices = next(s["slices"] for s in run["split"] if s["split"] == "train")
+    assert out["val_patients"] == val_patients and out["train_slices"] == train_slices
+    first, second = out["arms"]
+    assert first["arm"] == {} and second["arm"] == {"seg_context": "1"}
+    for arm in out["arms"]:
+        assert arm["epochs_run"] == 1 and len(arm["val_patient_dice_by_epoch"]) == 1
+        assert len(arm["per_patient"]) == val_patients
+        assert 0.0 <= arm["val_patient_dice_mean"] <= 1.0
+    diff = second["difference_to_first"]
+    per_patient = [second["per_patient"][p] - first["per_patient"][p] for p in first["per_patient"]]
+    assert abs(diff["mean"] - sum(per_patient) / len(per_patient)) < 1e-3
+    assert diff["patients_better"] + diff["patients_worse"] <= val_patients
+
+
+def test_split_csv_and_the_model_free_check_on_its_test_patients(bench_home, tmp_path):
+    data, home, env, run = bench_home
+    written = _bench("quality.py", "split-csv", "--home", str(home), "--out",
+                     str(tmp_path / "split.csv"), env=env, cwd=home.parent)
+    assert written["dataset_version"] == run["dataset_version"]
+    assert written["patients"] == {s["split"]: s["patients"] for s in run["split"]}
+    rows = (tmp_path / "split.csv").read_text().splitlines()
+    assert rows[0] == "patient_id,split" and len(rows) == 11
+    # eight training patients, so the study detector and the geometry criterion are fitted too
+    patients = sorted(line.split(",")[0] for line in rows[1:])
+    (tmp_path / "split8.csv").write_text("patient_id,split\n" + "".join(
+        f"{p},{'train' if i < 8 else 'val' if i == 8 else 'test'}\n"
+        for i, p in enumerate(patients)))
+    out = _bench("ood.py", str(data), "--split", str(tmp_path / "split8.csv"), "--size", "32",
+                 env=env, cwd=tmp_path)
+    from brain_tumor.devtools.synth_foreign import FOREIGN_KINDS
+
+    assert out["model_version"] is None and out["train_patients"] == 8
+    assert out["test_patients"] == 1 and [p["patient"] for p in out["patients"]] == patients[9:]
+    assert set(out["bounds"]) == {"input", "study", "geometry"}
+    assert "predict_s" not in out and out["reference"].startswith("refitted")
+    assert 0 <= out["test_slices_flagged"] <= out["test_slices"] == 6
+    assert set(out["foreign_flagged_share"]) == set(FOREIGN_KINDS)
