@@ -25,7 +25,8 @@ seg-ablation compares U-Net options (2.5D input, loss, filters: whatever leaves 
 alone) on the validation patients only, at an equal budget: each arm trains the profile's U-Net
 with its --set overrides from the same seed, and is judged by the per-patient validation Dice of
 its best epoch (the value that checkpoints it), with a paired bootstrap of each arm against the
-first. The test patients are dropped before any training.
+first. The test patients are dropped before any training. --json is rewritten after each arm,
+so a stopped run keeps the arms it finished.
 
 DATA is the LGG archive (lgg-kaggle_3m-dev81.tar.xz) or an unpacked kaggle_3m folder.
 Backbone weights: --weights (imagenet or a .h5 file), else BRAIN_TUMOR_WEIGHTS, else none; the
@@ -398,23 +399,24 @@ def cmd_seg_ablation(args: argparse.Namespace) -> dict:
     train, val = arrays.subset("train"), arrays.subset("val")
     del arrays  # the test patients are never read past this point
     arms = [parse_arm(a) for a in args.arm] or [{}]
-    results = []
+    result = {"profile": args.profile, "settings": values, "machine": machine(),
+              "dataset_version": version, "split": split["splits"],
+              "train_slices": len(train), "val_slices": len(val),
+              "val_patients": int(len(np.unique(val.patient_ids))), "arms": [],
+              "arms_planned": len(arms), "timings_s": {k: round(v, 1) for k, v in t.items()}}
     for arm in arms:
         log.info("arm %s: training the U-Net (%s epochs at most)", arm or "baseline",
                  values["seg_epochs"])
-        results.append({"arm": arm, **train_arm(train, val,
-                                                _settings(server, home, {**values, **arm}))})
-    first = results[0]["per_patient"]
-    for row in results[1:]:
-        row["difference_to_first"] = paired_difference(first, row["per_patient"],
-                                                       settings.bootstrap_samples,
-                                                       settings.train_seed)
-    return {"profile": args.profile, "settings": values, "machine": machine(),
-            "dataset_version": version, "split": split["splits"],
-            "train_slices": len(train), "val_slices": len(val),
-            "val_patients": int(len(np.unique(val.patient_ids))), "arms": results,
-            "timings_s": {k: round(v, 1) for k, v in t.items()},
-            "peak_rss_gb": round(peak_rss_gb(), 2)}
+        row = {"arm": arm, **train_arm(train, val, _settings(server, home, {**values, **arm}))}
+        if result["arms"]:
+            row["difference_to_first"] = paired_difference(
+                result["arms"][0]["per_patient"], row["per_patient"],
+                settings.bootstrap_samples, settings.train_seed)
+        result["arms"].append(row)
+        if args.json:  # each finished arm is kept, should a later one be stopped
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return {**result, "peak_rss_gb": round(peak_rss_gb(), 2)}
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:

@@ -129,6 +129,7 @@ def test_seg_ablation_compares_unet_arms_on_validation_patients_only(bench_home)
     val_patients = next(s["patients"] for s in run["split"] if s["split"] == "val")
     train_slices = next(s["slices"] for s in run["split"] if s["split"] == "train")
     assert out["val_patients"] == val_patients and out["train_slices"] == train_slices
+    assert out["arms_planned"] == 2
     first, second = out["arms"]
     assert first["arm"] == {} and second["arm"] == {"seg_context": "1"}
     for arm in out["arms"]:
