@@ -357,6 +357,8 @@ def main() -> int:
                                                        "of the model input (intensity_norm)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.split and args.refit:
+        parser.error("--refit refits a model version's reference; --split has no model")
     start_logging()
     emit(run_without_model(args) if args.split else run(args), args.json)
     return 0

@@ -110,13 +110,19 @@ def start_logging() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+def write_json(result: dict, json_path: str) -> str:
+    """Write the figures to ``json_path`` (its folder made); the JSON text."""
+    text = json.dumps(result, indent=2, default=str)
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(text)
+    return text
+
+
 def emit(result: dict, json_path: str | None, show: str | None = None) -> None:
     """Print the figures (or ``show`` instead) and, given a path, write them there as JSON."""
-    text = json.dumps(result, indent=2, default=str)
+    text = write_json(result, json_path) if json_path else json.dumps(result, indent=2,
+                                                                      default=str)
     print(text if show is None else show)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(text)
 
 
 def peak_rss_gb() -> float:
@@ -227,7 +233,8 @@ def cmd_export_cache(args: argparse.Namespace) -> dict:
 
 def cmd_split_csv(args: argparse.Namespace) -> dict:
     """Write a finished dataset version's split as CSV (patient_id, split), for the scripts that
-    read patients from the archive without S3 (``bench/ood_design.py --split``)."""
+    read patients from the archive without S3 (``bench/ood.py --split``,
+    ``bench/ood_design.py --split``)."""
     from brain_tumor import steps
     from brain_tumor.store.datasets import DatasetStore
 
@@ -235,8 +242,7 @@ def cmd_split_csv(args: argparse.Namespace) -> dict:
     settings = _settings(_started_server(home), home, PROFILES["cpu"])
     datasets = DatasetStore(steps.open_store(settings), settings)
     version = datasets.resolve(args.dataset_version)
-    split = datasets.split(version)[["patient_id", "split"]].drop_duplicates()
-    split = split.sort_values(["split", "patient_id"])
+    split = datasets.split(version)[["patient_id", "split"]].sort_values(["split", "patient_id"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(args.out, index=False)
     return {"out": args.out, "dataset_version": version,
@@ -337,6 +343,19 @@ def parse_arm(text: str) -> dict[str, str]:
     return arm
 
 
+def check_arm(values: dict, arm: dict[str, str]) -> None:
+    """Exit with the reason when an arm's settings are invalid or it is not a U-Net option."""
+    from brain_tumor.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(env={}, **{**values, **arm})
+    except SettingsError as exc:
+        raise SystemExit(f"--arm {arm}: {exc}") from None
+    if settings.seg_encoder != "unet":
+        raise SystemExit(f"--arm {arm}: seg-ablation trains the U-Net alone; seg_encoder "
+                         "'backbone' needs the trained classifier (compare it with `run`)")
+
+
 def paired_difference(first: dict[str, float], other: dict[str, float], n_boot: int,
                       seed: int) -> dict[str, float | None]:
     """Mean per-patient difference other - first and its 95% bootstrap interval over patients."""
@@ -359,9 +378,6 @@ def train_arm(train: ArrayDataset, val: ArrayDataset, settings: Settings) -> dic
     from brain_tumor.ml.inputs import add_context, normalize_dataset
     from brain_tumor.ml.train import train_segmenter
 
-    if settings.seg_encoder != "unet":
-        raise SystemExit("seg-ablation trains the U-Net alone; seg_encoder 'backbone' needs the "
-                         "trained classifier (compare it with `run`)")
     train, val = (add_context(normalize_dataset(d, settings.intensity_norm), settings.seg_context)
                   for d in (train, val))
     keras.utils.set_random_seed(settings.train_seed)
@@ -383,13 +399,16 @@ def train_arm(train: ArrayDataset, val: ArrayDataset, settings: Settings) -> dic
 
 def cmd_seg_ablation(args: argparse.Namespace) -> dict:
     """U-Net options compared on the validation patients at an equal budget (no test patient)."""
-    from brain_tumor import steps
-    from brain_tumor.ml.inputs import load_arrays
-
     home = Path(args.home).resolve()
     values = profile_settings(args)
     if args.seg_epochs:
         values["seg_epochs"] = args.seg_epochs
+    arms = [parse_arm(a) for a in args.arm] or [{}]
+    for arm in arms:  # every arm checked before hours of training, not when its turn comes
+        check_arm(values, arm)
+    from brain_tumor import steps
+    from brain_tumor.ml.inputs import load_arrays  # Keras: after the checks, not before
+
     server = _started_server(home)
     settings = _settings(server, home, values)
     t: dict[str, float] = {}
@@ -398,7 +417,6 @@ def cmd_seg_ablation(args: argparse.Namespace) -> dict:
                          progress=True)
     train, val = arrays.subset("train"), arrays.subset("val")
     del arrays  # the test patients are never read past this point
-    arms = [parse_arm(a) for a in args.arm] or [{}]
     result = {"profile": args.profile, "settings": values, "machine": machine(),
               "dataset_version": version, "split": split["splits"],
               "train_slices": len(train), "val_slices": len(val),
@@ -414,8 +432,7 @@ def cmd_seg_ablation(args: argparse.Namespace) -> dict:
                 settings.bootstrap_samples, settings.train_seed)
         result["arms"].append(row)
         if args.json:  # each finished arm is kept, should a later one be stopped
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+            write_json(result, args.json)
     return {**result, "peak_rss_gb": round(peak_rss_gb(), 2)}
 
 

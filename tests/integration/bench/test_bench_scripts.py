@@ -165,3 +165,14 @@ def test_split_csv_and_the_model_free_check_on_its_test_patients(bench_home, tmp
     assert "predict_s" not in out and out["reference"].startswith("refitted")
     assert 0 <= out["test_slices_flagged"] <= out["test_slices"] == 6
     assert set(out["foreign_flagged_share"]) == set(FOREIGN_KINDS)
+
+
+@pytest.mark.parametrize(("arm", "reason"), [("seg_contex=1", "seg_contex"),
+                                             ("seg_encoder=backbone", "U-Net alone")])
+def test_seg_ablation_refuses_a_bad_arm_before_anything_runs(tmp_path, arm, reason):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "seg-ablation",
+                          str(tmp_path / "no-such-export"), "--home", str(tmp_path / "home"),
+                          "--arm", "baseline", "--arm", arm], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode != 0 and reason in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "home").exists()  # no server started, nothing ingested
